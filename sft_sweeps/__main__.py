@@ -1,0 +1,27 @@
+"""`python -m sft_sweeps`: compose model x dataset x masking, train, evaluate, record.
+
+One run: `python -m sft_sweeps masking=last`. The default sweep:
+`python -m sft_sweeps -m masking=full,last,all,weighted`.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from sft_sweeps.config import register_configs
+
+OmegaConf.register_new_resolver("sep", lambda s: "," if s else "", replace=True)
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from sft_sweeps.pipeline import run  # heavy imports (torch, trl) after config errors are reported
+
+    result = run(cfg)
+    return result.get("metrics", {}).get("turn_exact_match")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Tokenizers: the embedded offline one, or any Hugging Face tokenizer by id or path.
+
+The embedded tokenizer is byte-level (every string round-trips, emoji included) with no learned merges,
+so it is built deterministically from code alone. The role names are single tokens, so a ChatML header
+costs three tokens and the tiny default trains fast on CPU.
+
+Example:
+    >>> tok = build_embedded_tokenizer()
+    >>> text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    >>> text
+    '<|im_start|>user\\nhi<|im_end|>\\n'
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken as RawAddedToken
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+PAD, EOT, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+ROLES = ("system", "user", "assistant", "tool")
+
+# ChatML with `{% generation %}` markers around what the assistant says, its end-of-turn token included,
+# so TRL's `assistant_only_loss` works on it too (the benchmarks compare against that).
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{%- else -%}"
+    "{{ message['content'] + '<|im_end|>\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+
+def build_embedded_tokenizer() -> PreTrainedTokenizerFast:
+    """Build the project's own tokenizer: 256 byte tokens, 4 special tokens, 4 role tokens, ChatML template.
+
+    Deterministic: the same ids on every machine, with nothing downloaded or trained.
+    """
+    byte_alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(byte_alphabet)}
+    raw = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.add_special_tokens([RawAddedToken(t, special=True, normalized=False) for t in (PAD, EOT, IM_START, IM_END)])
+    raw.add_tokens([RawAddedToken(role, special=False, normalized=False) for role in ROLES])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        pad_token=PAD,
+        eos_token=IM_END,  # generation stops at the end of the assistant's turn
+        unk_token=None,
+        bos_token=None,
+        additional_special_tokens=[EOT, IM_START],
+        model_max_length=4096,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """`embedded` builds the offline tokenizer; anything else goes to `AutoTokenizer.from_pretrained`.
+
+    A tokenizer without a pad token gets its end-of-sequence token as pad, as TRL does.
+    """
+    if name_or_path == "embedded":
+        return build_embedded_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"tokenizer {name_or_path!r} has no chat template; multi-turn masking needs one")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
