@@ -236,6 +236,19 @@ class LoggerConfig:
 
 
 @dataclass
+class InspectConfig:
+    """`python -m sft_sweeps.inspect`: show samples with each token's loss weight."""
+
+    format: str = "rich"  # rich | json
+    num_samples: int = 3
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        _check(self.format in ("rich", "json"), "inspect.format", "must be rich or json", self.format)
+        _check(self.num_samples > 0, "inspect.num_samples", "must be positive", self.num_samples)
+
+
+@dataclass
 class Config:
     """The primary config (`conf/config.yaml`): one run = model x dataset x masking strategy."""
 
@@ -245,6 +258,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
     # Training seed (init, data order, dropout). Seed 0 is a seed.
     seed: int = 0
     # Names the sweep folder and prefixes the W&B group; experiment files set it.
