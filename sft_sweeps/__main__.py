@@ -9,7 +9,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sft_sweeps.config import register_configs
+from sft_sweeps.config import register_configs, validate
 
 OmegaConf.register_new_resolver("sep", lambda s: "," if s else "", replace=True)
 register_configs()
@@ -17,7 +17,8 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from sft_sweeps.pipeline import run  # heavy imports (torch, trl) after config errors are reported
+    validate(cfg)  # range errors name their key before the heavy imports below
+    from sft_sweeps.pipeline import run
 
     result = run(cfg)
     return result.get("metrics", {}).get("turn_exact_match")

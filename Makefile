@@ -1,0 +1,40 @@
+# make install: .venv with the pinned, tested versions (requirements.lock) and this package (editable).
+# make sweep:   the default sweep, masking=full,last,all,weighted on the embedded default (CPU, ~10 min).
+# make test:    the default test suite (what CI runs); test-slow adds the slow tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install sweep test test-slow test-gpu lint report clean
+
+install: $(STAMP)
+
+# torch==2.13.0 is pinned in the lock file: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+sweep: $(STAMP)
+	$(PY) -m sft_sweeps -m masking=full,last,all,weighted
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m "slow and not gpu"
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sft_sweeps tests benchmarks
+
+report: $(STAMP)
+	$(PY) -m sft_sweeps.report "multirun/*" --out reports/latest
+
+clean:
+	rm -rf outputs multirun .cache/sft_sweeps

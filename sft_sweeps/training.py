@@ -1,0 +1,199 @@
+"""Training with per-token loss weights inside TRL.
+
+TRL's `SFTTrainer` supports 0/1 masks only (labels at -100). Every strategy here is a per-token weight, so
+the trainer is extended in two narrow places:
+
+- `compute_loss`: sum over tokens of weight x NLL, from TRL's fused LM head (no full logits), divided by
+  the normalizer of the whole optimizer step.
+- `_get_num_items_in_batch`: that normalizer, counted over all micro-batches of the step (and all ranks),
+  the way transformers counts label tokens for `num_items_in_batch`. This keeps gradient accumulation and
+  data parallelism exact: accumulation 4 x batch 1 gives the gradients of 1 x batch 4.
+
+Normalizers (`train.loss_normalizer`): `weight_sum` (for 0/1 masks, TRL's token mean), `tokens` (non-pad
+tokens: a fixed scale, so a strategy that supervises fewer tokens gets smaller gradients), `sequences`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from sft_sweeps.config import LossNormalizer, TrainConfig
+
+
+@dataclass
+class WeightedCollator(DataCollatorForLanguageModeling):
+    """TRL's collator, plus a float `weights` tensor aligned with `labels`.
+
+    Labels are -100 where the weight is 0, so TRL's fused head skips those positions; weights are 0
+    wherever labels are -100 (padding, and the first token of each sequence when padding-free).
+
+    Example:
+        >>> collate = WeightedCollator(pad_token_id=0)
+        >>> batch = collate([{"input_ids": [5, 6, 7], "weights": [0.0, 0.5, 1.0]}, {"input_ids": [8, 9], "weights": [1.0, 1.0]}])
+        >>> batch["labels"].tolist(), batch["weights"].tolist()
+        ([[-100, 6, 7], [8, 9, -100]], [[0.0, 0.5, 1.0], [1.0, 1.0, 0.0]])
+    """
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().torch_call(
+            [
+                {
+                    "input_ids": example["input_ids"],
+                    "labels": [t if w > 0 else -100 for t, w in zip(example["input_ids"], example["weights"])],
+                }
+                for example in examples
+            ]
+        )
+        weights = [torch.tensor(example["weights"], dtype=torch.float32) for example in examples]
+        if self.padding_free:
+            weights = [torch.cat(weights)]
+        padded = torch.zeros(batch["labels"].shape, dtype=torch.float32)
+        for row, w in enumerate(weights):
+            padded[row, : len(w)] = w
+        batch["weights"] = padded.masked_fill(batch["labels"] == -100, 0.0)
+        return batch
+
+
+def step_normalizer(batch: dict[str, torch.Tensor], normalizer: LossNormalizer) -> torch.Tensor:
+    """The loss denominator contributed by one micro-batch (labels are predicted from position 1 on)."""
+    if normalizer == LossNormalizer.weight_sum:
+        return batch["weights"][:, 1:].sum()
+    if "attention_mask" in batch:
+        if normalizer == LossNormalizer.tokens:
+            return batch["attention_mask"][:, 1:].sum().float()
+        return torch.tensor(float(batch["attention_mask"].size(0)))
+    starts = batch["position_ids"] == 0  # padding-free: one row, sequences restart at position 0
+    if normalizer == LossNormalizer.tokens:
+        return (~starts).sum().float()
+    return starts.sum().float()
+
+
+class WeightedSFTTrainer(SFTTrainer):
+    """`SFTTrainer` whose loss is sum(weight x NLL) / normalizer; see the module docstring."""
+
+    def __init__(self, *args: Any, loss_normalizer: LossNormalizer = LossNormalizer.weight_sum, **kwargs: Any):
+        self.loss_normalizer = LossNormalizer(loss_normalizer)
+        super().__init__(*args, **kwargs)
+        # Our loss is always divided by the normalizer of the whole step, so transformers must not divide
+        # by the accumulation steps again.
+        self.loss_is_scaled_for_ga = True
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        if not batch_samples:
+            return None
+        total = sum(step_normalizer(batch, self.loss_normalizer) for batch in batch_samples).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return total
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.pop("weights")
+        outputs = model(**inputs, fused_lm_head=True, use_cache=False)
+        # outputs.log_probs[:, t] is the log-probability of token t+1, so it takes the weight of token t+1
+        weighted_nll = -(outputs.log_probs * weights[:, 1:].to(outputs.log_probs.dtype)).sum()
+        if num_items_in_batch is None:  # evaluation: normalize within the batch
+            num_items_in_batch = step_normalizer({**inputs, "weights": weights}, self.loss_normalizer)
+        loss = weighted_nll / torch.as_tensor(num_items_in_batch, device=weighted_nll.device).clamp(min=1e-8)
+        # DDP averages gradients over ranks, while the normalizer already sums over every rank
+        if self.args.average_tokens_across_devices and self.model.training:
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+
+class ProgressCallback(TrainerCallback):
+    """One line per logging step: step, loss, learning rate, elapsed time and ETA (readable in logs, unlike tqdm)."""
+
+    def __init__(self, label: str = ""):
+        self.label = f"[{label}] " if label else ""
+        self.start = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+        print(
+            f"{self.label}step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+            f"lr {logs.get('learning_rate', math.nan):.2e}  elapsed {elapsed:.0f}s  eta {eta:.0f}s",
+            flush=True,
+        )
+
+
+def make_sft_config(cfg: TrainConfig, seed: int, output_dir: str) -> SFTConfig:
+    """Build TRL's SFTConfig from the fields we expose."""
+    on_gpu = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=output_dir,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of max_steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optim,
+        max_length=cfg.max_length,
+        bf16=cfg.bf16 and on_gpu,
+        gradient_checkpointing=cfg.gradient_checkpointing and on_gpu,
+        use_cpu=not on_gpu,
+        seed=seed,
+        data_seed=seed,  # the same seed gives every strategy the same data order
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",  # our own tracking callback logs, for every logger backend alike
+        disable_tqdm=True,  # ProgressCallback prints instead
+        remove_unused_columns=False,  # keep `weights`
+        dataset_kwargs={"skip_prepare_dataset": True},  # samples arrive tokenized and weighted
+        dataloader_num_workers=cfg.dataloader_num_workers,
+    )
+
+
+def build_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Dataset,
+    cfg: TrainConfig,
+    seed: int,
+    output_dir: str,
+    callbacks: list[TrainerCallback] | None = None,
+) -> WeightedSFTTrainer:
+    """A `WeightedSFTTrainer` for samples with `input_ids` and `weights` columns."""
+    peft_config = None
+    if cfg.lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+    trainer = WeightedSFTTrainer(
+        model=model,
+        args=make_sft_config(cfg, seed, output_dir),
+        train_dataset=train_dataset.select_columns(["input_ids", "weights"]),
+        processing_class=tokenizer,
+        data_collator=WeightedCollator(pad_token_id=tokenizer.pad_token_id, padding_free=cfg.padding_free),
+        peft_config=peft_config,
+        callbacks=callbacks,
+        loss_normalizer=cfg.loss_normalizer,
+    )
+    trainer.remove_callback(PrinterCallback)  # ProgressCallback prints one readable line instead of a dict
+    return trainer
