@@ -76,3 +76,23 @@ def test_out_of_range_value_names_its_key(override: str, key: str) -> None:
 def test_wrong_type_is_refused_at_composition() -> None:
     with pytest.raises(ConfigCompositionException, match="train.max_steps"):
         compose_config(["train.max_steps=many"])
+
+
+TEMPLATES = sorted(p.stem for p in (Path(CONF_DIR).parent / "multirun_templates").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_every_multirun_template_composes(template: str) -> None:
+    """Composed through the real CLI (`--config-dir`), the way the README runs them."""
+    import subprocess
+    import sys
+
+    root = Path(CONF_DIR).parent
+    out = subprocess.run(
+        [sys.executable, "-m", "sft_sweeps", "--config-dir", "multirun_templates", "--config-name", template,
+         "--cfg", "hydra"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "mode: MULTIRUN" in out.stdout
+    assert "params:" in out.stdout
