@@ -179,6 +179,8 @@ class TrainConfig:
     max_length: int = 1024
     truncation_mode: str = "keep_start"  # keep_start | keep_end
     loss_normalizer: LossNormalizer = LossNormalizer.weight_sum
+    # random | group_by_length (batches of similar length: less padding, faster on CPU) | sequential.
+    train_sampling_strategy: str = "random"
     # Concatenate a batch into one row with position ids (no padding, no cross-attention between samples).
     padding_free: bool = False
     bf16: bool = False
@@ -193,6 +195,11 @@ class TrainConfig:
             _check(getattr(self, key) > 0, f"train.{key}", "must be positive", getattr(self, key))
         _check(self.learning_rate > 0, "train.learning_rate", "must be positive", self.learning_rate)
         _check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
+        samplers = ("random", "group_by_length", "sequential")
+        _check(
+            self.train_sampling_strategy in samplers, "train.train_sampling_strategy", f"must be one of {samplers}",
+            self.train_sampling_strategy,
+        )
         modes = ("keep_start", "keep_end")
         _check(self.truncation_mode in modes, "train.truncation_mode", f"must be one of {modes}", self.truncation_mode)
 

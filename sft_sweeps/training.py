@@ -152,7 +152,8 @@ def make_sft_config(cfg: TrainConfig, seed: int, output_dir: str) -> SFTConfig:
         gradient_checkpointing=cfg.gradient_checkpointing and on_gpu,
         use_cpu=not on_gpu,
         seed=seed,
-        data_seed=seed,  # the same seed gives every strategy the same data order
+        data_seed=seed,
+        train_sampling_strategy=cfg.train_sampling_strategy,  # the same seed gives every strategy the same data order
         logging_steps=cfg.logging_steps,
         save_strategy="no",
         eval_strategy="no",
