@@ -88,8 +88,9 @@ class ModelConfig:
     name: str = "tiny"
     # Hub id or local path; null builds a random-init Llama from `arch` (the embedded default).
     pretrained: str | None = None
-    # Hub id or local path of the tokenizer; `embedded` builds the project's own offline tokenizer.
-    tokenizer: str = "embedded"
+    # Hub id or local path of the tokenizer; `embedded` builds the project's own offline tokenizer;
+    # null takes the model's own (`pretrained`).
+    tokenizer: str | None = "embedded"
     arch: TinyArchConfig = field(default_factory=TinyArchConfig)
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; null lets transformers pick
@@ -98,6 +99,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         dtypes = ("float32", "bfloat16", "float16", "auto")
         _check(self.dtype in dtypes, "model.dtype", f"must be one of {dtypes}", self.dtype)
+        # model=hf exists to take a user's model id, so it has no default to fall back on.
+        _check(self.name != "hf" or self.pretrained is not None, "model.pretrained",
+               "is required with model=hf (a hub id or local path)", self.pretrained)
+        if self.tokenizer is None:
+            _check(self.pretrained is not None, "model.tokenizer", "is null but model.pretrained is null too",
+                   self.tokenizer)
+            self.tokenizer = self.pretrained
 
 
 @dataclass
@@ -114,6 +122,12 @@ class DatasetConfig:
     max_turns: int = 6
     # Hub id or local file/glob, for hub and local sources.
     path: str | None = None
+    # Hub dataset config name (e.g. `all` for smoltalk).
+    subset: str | None = None
+    # Stream hub datasets instead of downloading them whole.
+    streaming: bool = False
+    # Stop reading each source split after this many records (null reads all).
+    max_records: int | None = None
     # Record shape: auto | messages | sharegpt | prompt_completion.
     format: str = "auto"
     train_split: str = "train"
