@@ -9,9 +9,9 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sft_sweeps.config import register_configs, validate
+from sft_sweeps.config import job_dirname, register_configs, validate
 
-OmegaConf.register_new_resolver("sep", lambda s: "," if s else "", replace=True)
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 register_configs()
 
 

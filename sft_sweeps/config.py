@@ -9,6 +9,7 @@ the full key, e.g. `masking.prompt_weight`.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,6 +289,23 @@ class Config:
     resume: bool = True
     # Where the data-prep cache lives (tokenized datasets are shared by every strategy of a sweep).
     cache_dir: str = "${oc.env:SFT_SWEEPS_CACHE,.cache/sft_sweeps}"
+
+
+def job_dirname(override_dirname: str, seed: int, max_length: int = 120) -> str:
+    """A sweep job's folder name: its overrides, then the seed, safe as one path component.
+
+    Long override lists are cut and end in a hash of the whole, so names stay unique and under the
+    file-system limit.
+
+    Example:
+        >>> job_dirname("masking=weighted,masking.prompt_weight=0.1", 2)
+        'masking=weighted,masking.prompt_weight=0.1,seed=2'
+    """
+    name = ",".join(part for part in (override_dirname, f"seed={seed}") if part).replace("/", "_")
+    if len(name) > max_length:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+        name = f"{name[: max_length - 11]}-{digest}"
+    return name
 
 
 def register_configs() -> None:

@@ -149,7 +149,7 @@ def make_sft_config(cfg: TrainConfig, seed: int, output_dir: str) -> SFTConfig:
         optim=cfg.optim,
         max_length=cfg.max_length,
         bf16=cfg.bf16 and on_gpu,
-        gradient_checkpointing=cfg.gradient_checkpointing and on_gpu,
+        activation_checkpointing=cfg.gradient_checkpointing and on_gpu,
         use_cpu=not on_gpu,
         seed=seed,
         data_seed=seed,

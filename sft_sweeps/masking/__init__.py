@@ -1,0 +1,123 @@
+"""The masking engine: per-token loss weights for multi-turn chat SFT, from any chat template.
+
+A conversation is rendered with the tokenizer's chat template and tokenized once; every token learns its
+message, role, assistant turn and kind (template scaffolding, message content, or assistant text including
+the end-of-turn token). Strategies then only compute weights from those labels, so a sweep over
+strategies tokenizes once (`build_dataset` caches the tokenization on disk).
+
+Public surface:
+    loss_weights: `(input_ids, weights)` of one conversation under one strategy.
+    build_dataset: a training dataset of `input_ids` and `weights`, with counts (`MaskingStats`).
+    annotate: the per-token labels themselves (for inspection and tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from sft_sweeps.config import MaskingConfig, Strategy
+from sft_sweeps.masking.dataset import MaskingStats, build_dataset, tokenizer_fingerprint
+from sft_sweeps.masking.render import TemplateError
+from sft_sweeps.masking.sample import ROLES, Annotator, Conversation, ConversationError, check_messages
+from sft_sweeps.masking.tokens import ASSISTANT, CONTENT, KIND_NAMES, SCAFFOLD
+from sft_sweeps.masking.weights import MessageWeightError, assistant_turns, message_factors, message_weights
+
+__all__ = [
+    "ASSISTANT", "CONTENT", "KIND_NAMES", "ROLES", "SCAFFOLD",
+    "Annotator", "Conversation", "ConversationError", "MaskingStats", "MessageWeightError", "TemplateError",
+    "annotate", "assistant_turns", "build_dataset", "check_messages", "loss_weights", "masking_config",
+    "sample_weights", "tokenizer_fingerprint",
+]
+
+_WEIGHT_PARAMS = {f.name for f in fields(MaskingConfig)} - {"name", "expand_turns"}
+
+
+def masking_config(strategy: str | Strategy, **params: Any) -> MaskingConfig:
+    """A validated MaskingConfig from a strategy name and its weight parameters.
+
+    Raises:
+        TypeError: a parameter is not a weight parameter of MaskingConfig.
+        ConfigError: a value is out of range.
+    """
+    unknown = set(params) - _WEIGHT_PARAMS
+    if unknown:
+        raise TypeError(f"unknown masking parameters {sorted(unknown)}; expected some of {sorted(_WEIGHT_PARAMS)}")
+    return MaskingConfig(name=Strategy(strategy), **params)
+
+
+def annotate(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict] | None = None,
+    use_markers: bool | None = None,
+) -> Conversation:
+    """Render and tokenize one conversation, labelling every token with its message and kind.
+
+    Args:
+        tokenizer: a fast tokenizer with a chat template.
+        messages: `[{"role", "content", ...}]`, roles system, user, assistant, tool.
+        tools: tool schemas passed to the template.
+        use_markers: take assistant spans from `{% generation %}` blocks; None uses them when present.
+    """
+    return Annotator(tokenizer, use_markers).annotate(messages, tools)
+
+
+def sample_weights(conversation: Conversation, messages: list[dict[str, Any]], masking: MaskingConfig) -> list[float]:
+    """Per-token weights of an annotated conversation under `masking` (see `loss_weights`)."""
+    weights = message_weights(messages, masking.message_weight_field)
+    assistant, other = message_factors(conversation.roles, weights, masking)
+    tokens = conversation.tokens
+    return [float(w) for w in (tokens.kind == ASSISTANT) * assistant[tokens.message]
+            + (tokens.kind != ASSISTANT) * other[tokens.message]]
+
+
+def loss_weights(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    strategy: str | Strategy,
+    *,
+    tools: list[dict] | None = None,
+    **params: Any,
+) -> tuple[list[int], list[float]]:
+    """Token ids of a conversation and the loss weight of each token under `strategy`.
+
+    The weight of token t weighs the loss of predicting token t (the trainer shifts labels as usual).
+    With `w(m)` the weight of message m (its `message_weight_field`, default `weight`: a number >= 0, or a
+    bool such as Axolotl's `train`; 1 when absent) and "assistant text" meaning the content of an assistant
+    message plus its end-of-turn token (not its header):
+
+    - `full`: every token of message m weighs `w(m)`; template text outside every message weighs 1.
+    - `all`: assistant text of message m weighs `w(m)`; everything else 0.
+    - `last`: like `all`, for the last assistant message only.
+    - `weighted`: assistant text weighs `schedule(turn) * w(m)`, where the schedule is 1 (`constant`) or
+      `turn_decay ** (turns after this one)` (`decay`); every other token of message m (system, user and
+      tool text, and all headers) weighs `prompt_weight * w(m)`.
+
+    So a message with `train: false` or `weight: 0` is never supervised, under any strategy (as in Axolotl).
+
+    Args:
+        tokenizer: a fast tokenizer with a chat template.
+        messages: `[{"role", "content", ...}]`, roles system, user, assistant, tool.
+        strategy: `full`, `last`, `all` or `weighted`.
+        tools: tool schemas passed to the chat template.
+        **params: MaskingConfig's weight fields: `prompt_weight`, `turn_schedule`, `turn_decay`,
+            `message_weight_field`.
+
+    Returns:
+        `(input_ids, weights)`, equal lengths.
+
+    Raises:
+        TypeError: unknown parameter. ConfigError: a parameter is out of range.
+        ConversationError, MessageWeightError, TemplateError: see `build_dataset`.
+
+    Example:
+        >>> from sft_sweeps.tokenizer import build_embedded_tokenizer
+        >>> msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+        >>> ids, w = loss_weights(build_embedded_tokenizer(), msgs, "weighted", prompt_weight=0.5)
+        >>> w  # <|im_start|> user \\n h i <|im_end|> \\n <|im_start|> assistant \\n | y o <|im_end|> \\n
+        [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
+    """
+    masking = masking_config(strategy, **params)
+    conversation = annotate(tokenizer, messages, tools)
+    return conversation.tokens.input_ids.tolist(), sample_weights(conversation, messages, masking)

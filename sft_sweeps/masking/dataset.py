@@ -1,0 +1,274 @@
+"""A training dataset of `input_ids` and `weights`, with the tokenization cached on disk across strategies.
+
+Rendering, tokenizing and labelling tokens is the expensive part and does not depend on the strategy, so
+it is cached under `cache_dir/masking/<key>.parquet`, keyed by the tokenizer (vocabulary, special tokens,
+chat template), the conversations' content and `expand_turns`. The cache holds untruncated samples, so runs
+that differ only in strategy, its parameters or `max_length` share one tokenization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from transformers import PreTrainedTokenizerBase
+
+from sft_sweeps.config import MaskingConfig
+from sft_sweeps.masking.sample import Annotator
+from sft_sweeps.masking.tokens import tokenize_layouts
+from sft_sweeps.masking.weights import message_factors, message_weights
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the cached columns or their meaning change
+_BATCH = 512  # conversations rendered and tokenized per batch: bounds memory, keeps Rust batching efficient
+
+
+@dataclass
+class MaskingStats:
+    """What data preparation did, for the run record (`result.json`) and the logger.
+
+    Attributes:
+        conversations: conversations given.
+        samples: samples built: one per conversation, or with `expand_turns` one per supervised assistant turn.
+        kept: samples in the returned dataset.
+        truncated: samples that lost tokens to `max_length` (whether kept or dropped afterwards).
+        dropped_zero_weight: samples whose weights sum to 0 after truncation (never trained on).
+        expanded_samples_added: samples beyond one per conversation that `expand_turns` made.
+        expanded_tokens_added: tokens of all samples minus tokens of their conversations (before truncation).
+        tokens: tokens in the returned dataset.
+        supervised_tokens: tokens with weight > 0 in the returned dataset.
+        weight_sum: sum of all weights in the returned dataset.
+        truncated_tokens: tokens cut by truncation, over all samples.
+        used_generation_markers: assistant spans came from the template's `{% generation %}` blocks.
+        cache_hit: the tokenization was read from the cache.
+    """
+
+    conversations: int = 0
+    samples: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped_zero_weight: int = 0
+    expanded_samples_added: int = 0
+    expanded_tokens_added: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    weight_sum: float = 0.0
+    truncated_tokens: int = 0
+    used_generation_markers: bool = False
+    cache_hit: bool = False
+
+    def to_dict(self) -> dict[str, int | float | bool]:
+        return asdict(self)
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of what decides token ids and rendering: vocabulary, added tokens, special tokens, chat template."""
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.encode())
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # merges, normalizer and pre-tokenizer change ids too
+        h.update(backend.to_str().encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    h.update(json.dumps(tokenizer.chat_template, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _cache_key(tokenizer: PreTrainedTokenizerBase, conversations: list[dict], expand: bool) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}/expand={expand}/".encode())
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    for record in conversations:
+        h.update(json.dumps([record.get("messages"), record.get("tools")], sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+def _tokenize_all(tokenizer: PreTrainedTokenizerBase, conversations: list[dict], expand: bool) -> pa.Table:
+    """Rows: one per sample, with its conversation index, target message and per-token ids, messages, kinds."""
+    annotator = Annotator(tokenizer)
+    conv, target, ids, msg, kind, conv_tokens = [], [], [], [], [], []
+    for first in range(0, len(conversations), _BATCH):
+        batch, owners = [], []
+        for i in range(first, min(first + _BATCH, len(conversations))):
+            record = conversations[i]
+            where = f"conversation {record.get('id', i)!r} (record {i})"
+            items = annotator.layouts(record.get("messages"), record.get("tools"), expand=expand, where=where)
+            for layout, _, t in items if not expand else items[1:]:
+                batch.append(layout)
+                owners.append((i, -1 if t is None else t))
+            if expand:  # the whole conversation is tokenized only to count what expansion added
+                batch.append(items[0][0])
+                owners.append((i, -2))
+        for (i, t), sample in zip(owners, tokenize_layouts(tokenizer, batch), strict=True):
+            if t == -2:
+                conv_tokens.append(len(sample.input_ids))
+                continue
+            if not expand:
+                conv_tokens.append(len(sample.input_ids))
+            conv.append(i)
+            target.append(t)
+            ids.append(sample.input_ids.astype(np.int32))
+            msg.append(sample.message)
+            kind.append(sample.kind)
+    samples = pa.table({
+        "conversation": pa.array(conv, pa.int32()),
+        "target": pa.array(target, pa.int32()),
+        "input_ids": _list_array(ids, pa.int32()),
+        "message": _list_array(msg, pa.int32()),
+        "kind": _list_array(kind, pa.int8()),
+    })
+    meta = {"conversation_tokens": json.dumps(conv_tokens), "markers": json.dumps(annotator.uses_markers)}
+    return samples.replace_schema_metadata(meta)
+
+
+def _list_array(rows: list[np.ndarray], dtype: pa.DataType) -> pa.Array:
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate(rows) if rows else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, dtype))
+
+
+def _flat(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    array = table.column(column).combine_chunks()
+    return array.offsets.to_numpy(), array.values.to_numpy(zero_copy_only=False)
+
+
+def _load_or_tokenize(
+    tokenizer: PreTrainedTokenizerBase, conversations: list[dict], expand: bool, cache_dir: str | None
+) -> tuple[pa.Table, bool]:
+    if cache_dir is None:
+        return _tokenize_all(tokenizer, conversations, expand), False
+    path = Path(cache_dir) / "masking" / f"{_cache_key(tokenizer, conversations, expand)}.parquet"
+    if path.exists():
+        try:
+            return pq.read_table(path), True
+        except (OSError, pa.ArrowInvalid) as e:  # a torn or foreign file: rebuild it
+            log.warning("masking cache %s unreadable (%s); tokenizing again", path, e)
+    table = _tokenize_all(tokenizer, conversations, expand)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so parallel jobs of a sweep never read a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return table, False
+
+
+def build_dataset(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[dict[str, Any]],
+    masking: MaskingConfig,
+    max_length: int,
+    truncation_mode: str = "keep_start",
+    cache_dir: str | None = None,
+) -> tuple[datasets.Dataset, MaskingStats]:
+    """Tokenize conversations and weight every token by `masking`'s strategy.
+
+    Args:
+        tokenizer: a fast tokenizer with a chat template.
+        conversations: records `{"id", "messages": [{"role", "content", ...}], "tools"?}`; other keys are ignored.
+            A message's `masking.message_weight_field` (e.g. `weight`, or Axolotl's `train`) scales its tokens.
+        masking: strategy and parameters; `expand_turns` makes one sample per supervised assistant turn.
+        max_length: tokens kept per sample.
+        truncation_mode: `keep_start` keeps the first `max_length` tokens, `keep_end` the last.
+        cache_dir: where tokenizations are cached; None tokenizes without caching.
+
+    Returns:
+        A dataset with columns `id`, `input_ids` and `weights` (equal lengths, no sample with zero total
+        weight), and what was done, counted.
+
+    Raises:
+        ConversationError: a record is malformed (names the record and field).
+        MessageWeightError: a message weight is not a bool or a number >= 0.
+        TemplateError: the chat template cannot be aligned with the messages (names template and message).
+
+    Example:
+        >>> from sft_sweeps.tokenizer import build_embedded_tokenizer
+        >>> data = [{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
+        >>> ds, stats = build_dataset(build_embedded_tokenizer(), data, MaskingConfig(), max_length=64)
+        >>> ds[0]["weights"][-4:], stats.kept, stats.supervised_tokens
+        ([1.0, 1.0, 1.0, 1.0], 1, 4)
+    """
+    if truncation_mode not in ("keep_start", "keep_end"):
+        raise ValueError(f"truncation_mode must be keep_start or keep_end, got {truncation_mode!r}")
+    if max_length <= 0:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    table, hit = _load_or_tokenize(tokenizer, conversations, masking.expand_turns, cache_dir)
+    meta = table.schema.metadata or {}
+    stats = MaskingStats(
+        conversations=len(conversations),
+        used_generation_markers=bool(json.loads(meta.get(b"markers", b"false"))),
+        cache_hit=hit,
+    )
+    conv = table.column("conversation").to_numpy()
+    target = table.column("target").to_numpy()
+    offsets, ids = _flat(table, "input_ids")
+    _, msg = _flat(table, "message")
+    _, kind = _flat(table, "kind")
+
+    factors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    out_ids, out_weights, out_names = [], [], []
+    sample_tokens = np.zeros(len(conversations), dtype=np.int64)
+    samples_per_conv = np.zeros(len(conversations), dtype=np.int64)
+    for row in range(len(conv)):
+        i, t = int(conv[row]), int(target[row])
+        record = conversations[i]
+        if i not in factors:
+            messages = record["messages"]
+            where = f"conversation {record.get('id', i)!r} (record {i})"
+            weights = message_weights(messages, masking.message_weight_field, where)
+            factors[i] = message_factors([m["role"] for m in messages], weights, masking)
+        assistant, other = factors[i]
+        if t >= 0:
+            if assistant[t] <= 0:
+                continue  # a turn this strategy does not supervise makes no sample
+            only = np.zeros_like(assistant)
+            only[t] = assistant[t]
+            assistant = only
+        a, b = int(offsets[row]), int(offsets[row + 1])
+        m, k = msg[a:b], kind[a:b]
+        w = np.where(k == 2, assistant[m], other[m]).astype(np.float32)
+        stats.samples += 1
+        samples_per_conv[i] += 1
+        sample_tokens[i] += b - a
+        lo, hi = 0, b - a
+        if hi > max_length:
+            stats.truncated += 1
+            stats.truncated_tokens += hi - max_length
+            lo, hi = (0, max_length) if truncation_mode == "keep_start" else (hi - max_length, hi)
+        w = w[lo:hi]
+        total = float(w.sum(dtype=np.float64))
+        if total <= 0:
+            stats.dropped_zero_weight += 1
+            continue
+        out_ids.append(ids[a + lo : a + hi])
+        out_weights.append(w)
+        name = str(record.get("id", i))
+        out_names.append(name if t < 0 else f"{name}@{t}")
+        stats.weight_sum += total
+        stats.supervised_tokens += int((w > 0).sum())
+        stats.tokens += hi - lo
+    stats.kept = len(out_ids)
+    if masking.expand_turns:
+        conv_tokens = np.asarray(json.loads(meta.get(b"conversation_tokens", b"[]")), dtype=np.int64)
+        made = samples_per_conv > 0
+        stats.expanded_samples_added = int((samples_per_conv[made] - 1).sum())
+        stats.expanded_tokens_added = int((sample_tokens[made] - conv_tokens[made]).sum())
+    stats.weight_sum = round(stats.weight_sum, 6)
+    table_out = pa.table({
+        "id": pa.array(out_names, pa.string()),
+        "input_ids": _list_array(out_ids, pa.int64()),
+        "weights": _list_array(out_weights, pa.float32()),
+    })
+    return datasets.Dataset(table_out), stats

@@ -1,0 +1,328 @@
+"""Where each message lies in a rendered conversation, in characters, for any chat template.
+
+The rendered text is split into one *segment* per message by rendering every prefix of the conversation:
+message k owns the text that `messages[:k+1]` adds to `messages[:k]`. An assistant message's segment is its
+header (the text the generation prompt adds) followed by what the model must learn to write: the content,
+the end-of-turn token and whatever else the template emits for that turn. When the template has
+`{% generation %}` markers, the marked text is the assistant's instead (its author said what is generated).
+
+Templates that do not render prefix-stably are handled where the difference is only closing special tokens
+(Phi-3 puts the end-of-sequence token after the final turn only; Qwen 2.5 closes a run of tool messages once)
+or a generation prompt that extends the history's header (DeepSeek's `<think>`), and refused with
+`TemplateError` otherwise (Qwen3's original template drops earlier reasoning).
+
+Prefix rendering costs O(messages^2) renders, so `LayoutCache` does it once per conversation *shape*: the
+conversation with every content replaced by a placeholder. A conversation's own render is then checked to be
+that shape's render with the contents spliced in (one render); if the template treats any content other than
+verbatim (trims it, looks inside it), the conversation falls back to its own prefix renders.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Any
+
+from sft_sweeps.masking.render import Renderer, TemplateError
+
+# Private-use characters: no template rewrites them and no tokenizer merges them with template text.
+_PLACEHOLDER = "\ue000{}\ue001"
+
+
+@dataclass
+class Layout:
+    """One rendered sample and where its messages lie in it (character offsets into `text`).
+
+    Attributes:
+        text: the rendered conversation, exactly as `apply_chat_template(..., tokenize=False)` returns it.
+        starts: message k's segment is `text[starts[k]:starts[k+1]]` (the last one runs to the end).
+        assistant: `(start, end, k)` spans the assistant message k is trained to write, end-of-turn included.
+        content: where each message's own text lies, or None where the template rewrote it (e.g. stripped it).
+        source: `markers` (from `{% generation %}` blocks) or `prefix` (from prefix rendering).
+    """
+
+    text: str
+    starts: list[int]
+    assistant: list[tuple[int, int, int]]
+    content: list[tuple[int, int] | None]
+    source: str
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _closing_cuts(text: str, specials: tuple[str, ...]) -> list[int]:
+    """Positions p where `text[p:]` is made of special tokens and whitespace only, from the end backwards."""
+    cuts = [len(text)]
+    p = len(text)
+    while p > 0:
+        if text[p - 1].isspace():
+            p -= 1
+        else:
+            token = next((s for s in specials if text.endswith(s, 0, p)), None)
+            if token is None:
+                break
+            p -= len(token)
+        cuts.append(p)
+    return cuts
+
+
+class _Prefixes:
+    """Renders of one conversation's prefixes and the checks that map them onto the whole render."""
+
+    def __init__(self, renderer: Renderer, messages: list[dict], tools: Any, where: str, specials: tuple[str, ...]):
+        self.renderer, self.messages, self.tools, self.where, self.specials = renderer, messages, tools, where, specials
+
+    def fail(self, k: int, why: str) -> TemplateError:
+        role = self.messages[k].get("role") if k < len(self.messages) else None
+        return TemplateError(f"{self.renderer.name}: {why}, at message {k} ({role}) of {self.where}")
+
+    def render(self, k: int, gen: bool = False, markers: bool = False) -> tuple[str, list[tuple[int, int]]]:
+        try:
+            if markers:
+                return self.renderer.render_with_markers(self.messages[:k], self.tools)
+            return self.renderer.render(self.messages[:k], self.tools, add_generation_prompt=gen), []
+        except Exception as e:  # jinja raises whatever a template's raise_exception says
+            raise self.fail(max(k - 1, 0), f"rendering messages[:{k}] failed ({type(e).__name__}: {e})") from e
+
+    def boundary(self, prefix: str, full: str, k: int, floor: int) -> int:
+        """Where message k starts in `full`, given the render `prefix` of the messages before it."""
+        if full.startswith(prefix):
+            b = len(prefix)
+        else:
+            # The prefix may close with special tokens that the whole render puts later (or only at its end):
+            # cut them off at the longest common prefix, never inside a special token.
+            common = _common_prefix(prefix, full)
+            cuts = [c for c in _closing_cuts(prefix, self.specials) if c <= common]
+            if not cuts:
+                raise self.fail(
+                    k - 1,
+                    f"the template is not prefix-stable: messages[:{k}] render as {prefix[common:common + 50]!r} "
+                    f"where the whole conversation has {full[common:common + 50]!r} (a template that rewrites "
+                    "earlier turns, e.g. drops their reasoning, cannot be masked turn by turn; use a "
+                    "prefix-preserving training template such as TRL's)",
+                )
+            b = max(cuts)
+        if b < floor:
+            raise self.fail(k - 1, "message boundaries go backwards")
+        return b
+
+    def generation_start(self, k: int, history: str, full: str, start: int, end: int) -> int:
+        """Where assistant message k's own text starts: after the generation prompt, inside [start, end].
+
+        `history` is the render of the messages before k, without a generation prompt.
+        """
+        prompt, _ = self.render(k, gen=True)
+        if prompt == history:  # the template has no generation prompt: the model writes the header too
+            g = start
+        elif full.startswith(prompt):
+            g = len(prompt)
+        else:
+            # DeepSeek-style: the generation prompt says more than the history's header (`<think>`); the
+            # assistant's text starts where the two part ways, which must be after some of the header.
+            g = _common_prefix(prompt, full)
+            if g <= start:
+                raise self.fail(k, f"the generation prompt {prompt[start:start + 50]!r} does not match the "
+                                   f"rendered assistant turn {full[start:start + 50]!r}")
+        if not start <= g <= end:
+            raise self.fail(k, f"the generation prompt ends at {g}, outside the message's text [{start}, {end}]")
+        return g
+
+
+def compute_layouts(
+    renderer: Renderer,
+    messages: list[dict[str, Any]],
+    specials: tuple[str, ...],
+    tools: Any = None,
+    *,
+    expand: bool = False,
+    use_markers: bool | None = None,
+    where: str = "the conversation",
+) -> list[Layout]:
+    """Render `messages` and every prefix of them, and find each message's segment and assistant span.
+
+    Args:
+        renderer: the tokenizer's compiled chat template.
+        messages: prepared messages (`Renderer.prepare`).
+        specials: the tokenizer's special-token strings (closing tokens a prefix render may add).
+        tools: prepared tool schemas, passed to the template.
+        expand: also return one layout per assistant message: the conversation up to and including it.
+        use_markers: take assistant spans from `{% generation %}` blocks; None uses them when the template has them.
+        where: names the conversation in errors.
+
+    Returns:
+        `[whole conversation]`, with `expand` followed by one layout per assistant message, in order.
+
+    Raises:
+        TemplateError: the template cannot be mapped onto messages without misalignment.
+    """
+    markers = renderer.has_markers if use_markers is None else use_markers
+    if markers and not renderer.has_markers:
+        raise TemplateError(f"{renderer.name} has no {{% generation %}} markers")
+    n = len(messages)
+    p = _Prefixes(renderer, messages, tools, where, specials)
+    full, blocks = p.render(n, markers=markers)
+    prefixes = [p.render(k)[0] for k in range(1, n)] + [full]  # prefixes[k]: messages[:k+1]
+    starts = [0]
+    for k in range(1, n):
+        starts.append(p.boundary(prefixes[k - 1], full, k, starts[-1]))
+    ends = starts[1:] + [len(full)]
+    roles = [m.get("role") for m in messages]
+    source = "markers" if markers else "prefix"
+    own: dict[int, int] = {}  # without markers: where each assistant message's text starts
+    if not markers:
+        for k in range(n):
+            if roles[k] == "assistant":
+                own[k] = p.generation_start(k, prefixes[k - 1] if k else "", full, starts[k], ends[k])
+    content = _content_spans(renderer, messages, tools, full, starts, ends)
+
+    def assistant_spans(text: str, text_blocks: list[tuple[int, int]], upto: int) -> list[tuple[int, int, int]]:
+        if not markers:  # the last message's turn runs to the end of its own render (closing tokens included)
+            return [(s, ends[k] if k < upto - 1 else len(text), k) for k, s in own.items() if k < upto]
+        out = []
+        for s, e in text_blocks:
+            if s == e:
+                continue
+            # A block belongs to the message holding its last character: DeepSeek's block opens with the
+            # token that closes the tool outputs before it, which a prefix render puts in the tool message.
+            k = max(bisect_right(starts, e - 1, 0, upto) - 1, 0)
+            if roles[k] != "assistant":
+                raise p.fail(k, f"a {{% generation %}} block {text[s:s + 50]!r} lies in a {roles[k]} message")
+            out.append((s, e, k))
+        return out
+
+    layouts = [Layout(full, starts, assistant_spans(full, blocks, n), content, source)]
+    if expand:
+        for k in range(n):
+            if roles[k] == "assistant":
+                text, text_blocks = (full, blocks) if k == n - 1 else p.render(k + 1, markers=markers)
+                if not markers:
+                    text = prefixes[k]
+                layouts.append(Layout(text, starts[: k + 1], assistant_spans(text, text_blocks, k + 1),
+                                      content[: k + 1], source))
+    return layouts
+
+
+def _content_spans(
+    renderer: Renderer, messages: list[dict[str, Any]], tools: Any, full: str, starts: list[int], ends: list[int]
+) -> list[tuple[int, int] | None]:
+    """Where each message's own text lies: exact when the template copies content verbatim, else searched."""
+    texts = [m.get("content") if isinstance(m.get("content"), str) else None for m in messages]
+    marked = [dict(m, content=_PLACEHOLDER.format(i)) if texts[i] is not None else m for i, m in enumerate(messages)]
+    try:
+        spliced = _Splice(renderer.render(marked, tools), texts)
+    except Exception:  # a template that inspects content may reject the placeholder; fall back to searching
+        spliced = None
+    if spliced is not None and spliced.text == full:
+        return spliced.content
+    # The template rewrote some content (trim, reasoning split): look for the stripped text in its own segment.
+    found: list[tuple[int, int] | None] = []
+    for i, text in enumerate(texts):
+        needle = (text or "").strip()
+        at = full.find(needle, starts[i], ends[i]) if needle else -1
+        found.append((at, at + len(needle)) if at >= 0 else None)
+    return found
+
+
+class _Splice:
+    """A placeholder render with the real contents put in, and the map from its offsets to the real text's."""
+
+    def __init__(self, rendered: str, texts: list[str | None]) -> None:
+        pieces, pos, shift = [], 0, 0
+        self.content: list[tuple[int, int] | None] = [None] * len(texts)
+        self._ends: list[int] = []  # placeholder ends, in the placeholder render
+        self._shifts: list[int] = []  # offset change after each placeholder
+        self.ok = True
+        for i, text in enumerate(texts):
+            if text is None:
+                continue
+            mark = _PLACEHOLDER.format(i)
+            at = rendered.find(mark, pos)
+            if at < 0:  # a template that drops a message (or its content) says nothing about where it is
+                self.ok = False
+                continue
+            pieces += [rendered[pos:at], text]
+            self.content[i] = (at + shift, at + shift + len(text))
+            shift += len(text) - len(mark)
+            pos = at + len(mark)
+            self._ends.append(pos)
+            self._shifts.append(shift)
+        pieces.append(rendered[pos:])
+        self.text = "".join(pieces) if self.ok else None
+
+    def map(self, pos: int) -> int:
+        i = bisect_right(self._ends, pos)
+        return pos + (self._shifts[i - 1] if i else 0)
+
+
+class LayoutCache:
+    """`compute_layouts` done once per conversation shape (roles, fields, tools; not contents).
+
+    Args:
+        renderer: the tokenizer's compiled chat template.
+        specials: the tokenizer's special-token strings.
+        use_markers: as in `compute_layouts`.
+        max_shapes: shapes kept; the cache is cleared when full (real data has few shapes).
+    """
+
+    def __init__(self, renderer: Renderer, specials: tuple[str, ...], use_markers: bool | None = None,
+                 max_shapes: int = 4096) -> None:
+        self.renderer, self.specials, self.use_markers, self.max_shapes = renderer, specials, use_markers, max_shapes
+        self._shapes: dict[str, list[Layout] | TemplateError] = {}
+        self.hits = self.misses = self.fallbacks = 0
+
+    def layouts(self, messages: list[dict[str, Any]], tools: Any = None, *, expand: bool = False,
+                where: str = "the conversation") -> list[Layout]:
+        """As `compute_layouts(renderer, messages, ...)`, in one render when the shape is known."""
+        texts = [m.get("content") if isinstance(m.get("content"), str) else None for m in messages]
+        marked = [dict(m, content=_PLACEHOLDER.format(i)) if texts[i] is not None else m
+                  for i, m in enumerate(messages)]
+        key = json.dumps([marked, tools, expand], sort_keys=True, default=str)
+        shape = self._shapes.get(key)
+        if shape is None:
+            self.misses += 1
+            try:
+                shape = compute_layouts(self.renderer, marked, self.specials, tools, expand=expand,
+                                        use_markers=self.use_markers, where=where)
+            except TemplateError as e:
+                shape = e
+            if len(self._shapes) >= self.max_shapes:
+                self._shapes.clear()
+            self._shapes[key] = shape
+        else:
+            self.hits += 1
+        if isinstance(shape, list):
+            try:
+                real = self.renderer.render(messages, tools)
+            except Exception:
+                real = None  # reported with the message index by compute_layouts below
+            spliced = [_Splice(layout.text, texts[: len(layout.starts)]) for layout in shape]
+            if real is not None and spliced[0].text == real and all(s.ok for s in spliced):
+                return [_mapped(layout, s) for layout, s in zip(shape, spliced, strict=True)]
+        # The template rewrites some content, or the shape failed: the conversation's own prefix renders decide
+        # (and name the real text in any error).
+        self.fallbacks += 1
+        return compute_layouts(self.renderer, messages, self.specials, tools, expand=expand,
+                               use_markers=self.use_markers, where=where)
+
+
+def _mapped(layout: Layout, splice: _Splice) -> Layout:
+    return Layout(
+        text=splice.text,
+        starts=[splice.map(s) for s in layout.starts],
+        assistant=[(splice.map(s), splice.map(e), k) for s, e, k in layout.assistant],
+        content=splice.content[: len(layout.starts)],
+        source=layout.source,
+    )

@@ -1,0 +1,92 @@
+"""Per-token loss weights from per-token labels: the one weight function behind every strategy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from sft_sweeps.config import MaskingConfig, Strategy, TurnSchedule
+from sft_sweeps.masking.tokens import ASSISTANT, Annotated
+
+
+class MessageWeightError(ValueError):
+    """A message's weight field holds something other than a bool or a finite number >= 0."""
+
+
+def message_weights(messages: list[dict[str, Any]], field: str | None, where: str = "the conversation") -> np.ndarray:
+    """Each message's weight: 1 without the field, a bool as 0/1 (Axolotl's `train`), else a number >= 0.
+
+    Example:
+        >>> message_weights([{"role": "user"}, {"role": "assistant", "train": False}], "train").tolist()
+        [1.0, 0.0]
+    """
+    out = np.ones(len(messages), dtype=np.float64)
+    if field is None:
+        return out
+    for i, message in enumerate(messages):
+        value = message.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[i] = float(value)
+        elif isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+            out[i] = float(value)
+        else:
+            raise MessageWeightError(
+                f"{where}, message {i}, field {field!r}: expected a bool or a number >= 0, got {value!r}"
+            )
+    return out
+
+
+def assistant_turns(roles: list[str]) -> list[int]:
+    """Assistant-turn index of each message (0 for the first assistant message), -1 for other roles."""
+    turns, t = [], 0
+    for role in roles:
+        turns.append(t if role == "assistant" else -1)
+        t += role == "assistant"
+    return turns
+
+
+def message_factors(
+    roles: list[str], weights: np.ndarray, masking: MaskingConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weight of each message's assistant tokens and of its other tokens; index -1 is for unowned tokens.
+
+    Returns:
+        `(assistant, other)`, each of length `len(roles) + 1`: the weight of the tokens of message k that the
+        assistant writes (content and end-of-turn) and of the rest of message k (headers; system, user and
+        tool text). The last entry is for template text outside every message.
+    """
+    strategy = Strategy(masking.name)
+    n = len(roles)
+    turns = assistant_turns(roles)
+    last_turn = max(turns, default=-1)
+    is_assistant = np.array([r == "assistant" for r in roles] + [False])
+    schedule = np.zeros(n + 1)
+    for k, t in enumerate(turns):
+        if t < 0:
+            continue
+        if strategy is Strategy.last:
+            schedule[k] = float(t == last_turn)
+        elif strategy is Strategy.weighted and TurnSchedule(masking.turn_schedule) is TurnSchedule.decay:
+            schedule[k] = masking.turn_decay ** (last_turn - t)
+        else:
+            schedule[k] = 1.0
+    prompt = {Strategy.full: 1.0, Strategy.weighted: masking.prompt_weight}.get(strategy, 0.0)
+    w = np.append(weights, 1.0)
+    assistant = np.where(is_assistant, schedule * w, 0.0)
+    other = prompt * w
+    return assistant, other
+
+
+def token_weights(
+    sample: Annotated, assistant: np.ndarray, other: np.ndarray, target: int | None = None
+) -> np.ndarray:
+    """Weights of one sample's tokens. With `target`, only that message's assistant tokens are supervised."""
+    if target is not None:
+        only = np.zeros_like(assistant)
+        only[target] = assistant[target]
+        assistant = only
+    return np.where(sample.kind == ASSISTANT, assistant[sample.message], other[sample.message]).astype(np.float32)

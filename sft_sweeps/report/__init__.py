@@ -1,0 +1,71 @@
+"""Paper tables from sweep records: `python -m sft_sweeps.report <sweep dir or glob> --out DIR`.
+
+Writes `report.md` (hygiene, method, results, picks, tests, plots), `table.md` (the README snippet),
+`tables.tex` (booktabs), `runs.csv` and PNG plots. The same records give byte-identical outputs.
+
+Example:
+    >>> from sft_sweeps.report import load_records, write_report
+    >>> write_report(load_records("multirun/masking_seeds"), "reports/masking_seeds")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from sft_sweeps.report.analysis import SweepReport, analyze
+from sft_sweeps.report.console import print_sweep_table
+from sft_sweeps.report.records import RecordError, fetch_wandb_records, load_records, record_from_wandb_run
+
+__all__ = [
+    "RecordError",
+    "analyze",
+    "fetch_wandb_records",
+    "load_records",
+    "print_sweep_table",
+    "record_from_wandb_run",
+    "write_report",
+]
+
+OUTPUTS = ("report.md", "table.md", "tables.tex", "runs.csv")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "sweep"
+
+
+def write_report(
+    records: list[dict[str, Any]], out_dir: str | Path, command: str = "python -m sft_sweeps.report"
+) -> SweepReport:
+    """Analyze `records` and write every output into `out_dir` (created; files there are overwritten).
+
+    Args:
+        records: run records (`load_records`, `fetch_wandb_records`).
+        out_dir: output folder.
+        command: the command line printed in the outputs as the way to regenerate them.
+
+    Returns:
+        The analysis the files were written from.
+    """
+    from sft_sweeps.report.plots import plot_by_depth, plot_prompt_weight
+    from sft_sweeps.report.render import readme_table_md, report_md, report_tex, runs_csv
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = analyze(records)
+    plots: dict[str, list[str]] = {}
+    for setting in report.settings:
+        slug = _slug(setting.name)
+        made = []
+        for metric in sorted(setting.by_depth):
+            if plot_by_depth(setting, metric, out / f"depth_{_slug(metric)}_{slug}.png"):
+                made.append(f"depth_{_slug(metric)}_{slug}.png")
+        if plot_prompt_weight(setting, out / f"prompt_weight_{slug}.png"):
+            made.append(f"prompt_weight_{slug}.png")
+        plots[setting.name] = made
+    (out / "report.md").write_text(report_md(report, command, plots))
+    (out / "table.md").write_text(readme_table_md(report, command))
+    (out / "tables.tex").write_text(report_tex(report))
+    (out / "runs.csv").write_text(runs_csv(report))
+    return report

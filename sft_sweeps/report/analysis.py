@@ -1,0 +1,451 @@
+"""From run records to the numbers of the report: cells, means, tests, picks and the sweep's hygiene.
+
+Runs are arranged as the W&B groups are (`sft_sweeps.tracking.run_group`): runs that differ only by seed
+form a cell. A cell is a strategy (its masking label, e.g. `weighted(pw=0.1)`) within a setting (the sweep
+name plus every other config key that varies across the records, e.g. `model.arch.hidden_size=64`);
+strategies are compared within a setting.
+
+Example:
+    >>> report = analyze(load_records("multirun/masking_seeds"))         # doctest: +SKIP
+    >>> [(p.metric, p.best, p.significant) for p in report.settings[0].picks]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sft_sweeps.report.stats import ALPHA, MeanCI, PairedTest, holm, mean_ci, paired_permutation, paired_t
+from sft_sweeps.tracking import masking_label, masking_params
+
+# Shown first, and alone in the README table.
+KEY_METRICS = ("turn_exact_match", "conversation_success", "stop_rate", "assistant_nll")
+STRATEGY_ORDER = ("full", "last", "all", "weighted")
+# Config keys that never define a setting: the seed varies within a cell, masking defines the strategy,
+# the rest say how a run was observed or where it wrote.
+_NOT_SETTING_KEYS = ("seed", "sweep_name", "masking", "logger", "resume", "cache_dir", "inspect")
+# Per-item evidence for a metric: (field of an eval item, level). `conversation` means all turns of a
+# conversation must be correct.
+ITEM_FIELDS = {
+    "turn_exact_match": ("correct", "turn"),
+    "stop_rate": ("stopped", "turn"),
+    "assistant_nll": ("nll", "turn"),
+    "conversation_success": ("correct", "conversation"),
+}
+
+
+def lower_is_better(metric: str) -> bool:
+    """Direction of a metric: NLL, loss and perplexity fall as models improve; everything else rises."""
+    base = metric.rsplit("/", 1)[-1]
+    return any(word in base for word in ("nll", "loss", "perplexity", "ppl"))
+
+
+def is_eval_metric(metric: str) -> bool:
+    """Evaluation metrics are compared across strategies; `train_*`, `num_*` and `*_s` are bookkeeping.
+
+    Training loss is not comparable across strategies: each minimizes a loss over different tokens.
+    """
+    base = metric.rsplit("/", 1)[-1]
+    return not (base.startswith(("train_", "num_")) or base.endswith("_s"))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return flat
+
+
+def _strategy_key(masking: Mapping[str, Any]) -> tuple:
+    name = str(masking.get("name"))
+    order = STRATEGY_ORDER.index(name) if name in STRATEGY_ORDER else len(STRATEGY_ORDER)
+    params = tuple((k, json.dumps(masking[k], sort_keys=True)) for k in sorted(masking) if k != "name")
+    numeric = tuple(
+        masking.get(k) for k in ("prompt_weight", "turn_decay") if isinstance(masking.get(k), int | float)
+    )
+    return (order, name, numeric, params)
+
+
+@dataclass
+class Run:
+    """One record placed in the sweep: its setting, strategy and seed."""
+
+    record: dict[str, Any]
+    sweep: str
+    setting: str
+    setting_overrides: tuple[str, ...]
+    strategy: str
+    strategy_key: tuple
+    seed: int
+    status: str
+
+    @property
+    def source(self) -> str:
+        return str(self.record.get("source", ""))
+
+    @property
+    def masking(self) -> dict[str, Any]:
+        return self.record["config"]["masking"]
+
+    def metric(self, name: str) -> float | None:
+        value = (self.record.get("metrics") or {}).get(name)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+    def error_line(self) -> str:
+        lines = [line for line in str(self.record.get("error") or "").strip().splitlines() if line.strip()]
+        return lines[-1].strip() if lines else ""
+
+
+@dataclass
+class Missing:
+    """A grid point (setting x strategy x seed of one sweep) with no record at all."""
+
+    sweep: str
+    setting: str
+    strategy: str
+    seed: int
+    overrides: str  # the command-line overrides that would run it
+
+
+@dataclass
+class Comparison:
+    """One strategy against the best of a metric: seed-paired and item-paired tests (a = best)."""
+
+    metric: str
+    strategy: str
+    gap: float  # mean(strategy) - mean(best), in metric units
+    seeds: PairedTest
+    seeds_p_holm: float | None = None
+    items: PairedTest | None = None
+    items_p_holm: float | None = None
+
+
+@dataclass
+class Pick:
+    """The best strategy of a metric, its margin over the runner-up, and whether that is significant."""
+
+    metric: str
+    best: str
+    best_mean: float
+    runner_up: str | None
+    margin: float | None  # how much better than the runner-up (>= 0), in metric units
+    test: str | None  # "seeds" or "items": the test whose Holm-adjusted p decides
+    p_holm: float | None
+    significant: bool
+    tied: list[str] = field(default_factory=list)  # strategies with the best mean exactly (bold too)
+
+
+@dataclass
+class SettingReport:
+    """Everything the report says about one setting."""
+
+    name: str
+    overrides: tuple[str, ...]
+    strategies: list[str]
+    masking: dict[str, dict[str, Any]]  # strategy -> its masking config
+    seeds: dict[str, list[int]]  # strategy -> seeds of its done runs
+    eval_metrics: list[str]
+    train_metrics: list[str]
+    summary: dict[str, dict[str, MeanCI]]  # metric -> strategy -> mean/CI over seeds
+    comparisons: dict[str, list[Comparison]]
+    picks: list[Pick]
+    by_depth: dict[str, dict[str, dict[int, MeanCI]]]  # metric -> strategy -> depth -> mean/CI
+    fingerprints: dict[str, list[str]]  # data fingerprint -> "strategy seed=s" of the runs that used it
+
+
+@dataclass
+class Hygiene:
+    """What the averages do not show: failed, missing and duplicate runs, mixed data, seeds or code."""
+
+    expected: int
+    done: int
+    not_done: list[Run] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)
+    duplicates: list[Run] = field(default_factory=list)
+    commits: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepReport:
+    runs: list[Run]
+    settings: list[SettingReport]
+    hygiene: Hygiene
+
+
+def place_runs(records: Iterable[dict[str, Any]]) -> list[Run]:
+    """Give each record its setting (sweep name plus config keys that vary across records) and strategy."""
+    records = list(records)
+    flats = []
+    for record in records:
+        config = {k: v for k, v in record["config"].items() if k not in _NOT_SETTING_KEYS}
+        flats.append(_flatten(config))
+    keys = sorted({k for flat in flats for k in flat})
+    varying = [k for k in keys if len({flat.get(k) for flat in flats}) > 1]
+    runs = []
+    for record, flat in zip(records, flats, strict=True):
+        overrides = tuple(f"{k}={_plain(flat.get(k))}" for k in varying)
+        sweep = str(record["config"].get("sweep_name", "default"))
+        masking = record["config"]["masking"]
+        runs.append(
+            Run(
+                record=record,
+                sweep=sweep,
+                setting=" | ".join([sweep, ", ".join(overrides)]) if overrides else sweep,
+                setting_overrides=overrides,
+                strategy=masking_label(masking),
+                strategy_key=_strategy_key(masking),
+                seed=int(record["seed"]),
+                status=str(record["status"]),
+            )
+        )
+    return sorted(runs, key=lambda r: (r.setting, r.strategy_key, r.seed, r.source))
+
+
+def _plain(value_json: str | None) -> str:
+    if value_json is None:
+        return "null"
+    value = json.loads(value_json)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _rerun_overrides(masking: Mapping[str, Any], setting_overrides: tuple[str, ...], seed: int) -> str:
+    params = [f"masking.{k}={_plain(json.dumps(v))}" for k, v in masking_params(masking).items()]
+    return " ".join([f"masking={masking['name']}", *params, *setting_overrides, f"seed={seed}"])
+
+
+def _pick_cells(runs: list[Run]) -> tuple[dict[tuple[str, str], dict[int, Run]], list[Run]]:
+    """One run per (setting, strategy, seed): a done one if any, else the first; the rest are duplicates."""
+    by_point: dict[tuple[str, str, int], list[Run]] = defaultdict(list)
+    for run in runs:
+        by_point[(run.setting, run.strategy, run.seed)].append(run)
+    cells: dict[tuple[str, str], dict[int, Run]] = defaultdict(dict)
+    duplicates = []
+    for (setting, strategy, seed), candidates in sorted(by_point.items(), key=lambda kv: kv[0]):
+        chosen = next((r for r in candidates if r.status == "done"), candidates[0])
+        cells[(setting, strategy)][seed] = chosen
+        duplicates.extend(r for r in candidates if r is not chosen)
+    return cells, duplicates
+
+
+def _items_by_key(run: Run, metric: str) -> dict[tuple, float] | None:
+    """Per-item values of `metric` in one run (None when the records hold no per-item evidence)."""
+    task, _, base = metric.rpartition("/")
+    if base not in ITEM_FIELDS or not run.record.get("eval_items"):
+        return None
+    name, level = ITEM_FIELDS[base]
+    values: dict[tuple, list[float]] = defaultdict(list)
+    for item in run.record["eval_items"]:
+        if task and item.get("task") != task:
+            continue
+        value = item.get(name)
+        if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
+            return None  # a field missing or non-numeric on any item: no item-level test for this metric
+        key = (
+            (item.get("task"), item.get("id"))
+            if level == "conversation"
+            else (item.get("task"), item.get("id"), item.get("turn"))
+        )
+        values[key].append(float(value))
+    if not values:
+        return None
+    if level == "conversation":
+        return {k: float(all(v)) for k, v in values.items()}
+    return {k: sum(v) / len(v) for k, v in values.items()}
+
+
+def _item_test(best: dict[int, Run], other: dict[int, Run], metric: str) -> PairedTest | None:
+    """Permutation test over items of `best - other`, each item averaged over the seeds both ran."""
+    seeds = sorted(set(best) & set(other))
+    per_seed = []
+    for seed in seeds:
+        a, b = _items_by_key(best[seed], metric), _items_by_key(other[seed], metric)
+        if a is None or b is None:
+            return None
+        per_seed.append((a, b))
+    if not per_seed:
+        return None
+    common = set.intersection(*(set(a) & set(b) for a, b in per_seed))
+    keys = sorted(common, key=lambda k: json.dumps(k, default=str))
+    xa = [sum(a[k] for a, _ in per_seed) / len(per_seed) for k in keys]
+    xb = [sum(b[k] for _, b in per_seed) / len(per_seed) for k in keys]
+    return paired_permutation(xa, xb)
+
+
+def _analyze_setting(name: str, cells: dict[str, dict[int, Run]]) -> SettingReport:
+    any_run = next(iter(next(iter(cells.values())).values()))
+    strategies = sorted(cells, key=lambda s: next(iter(cells[s].values())).strategy_key)
+    done = {s: {seed: r for seed, r in cells[s].items() if r.status == "done"} for s in strategies}
+    metric_names = sorted(
+        {m for runs in done.values() for r in runs.values() for m in (r.record.get("metrics") or {})}
+    )
+    ordered = [m for m in KEY_METRICS if m in metric_names] + [
+        m for m in metric_names if m not in KEY_METRICS
+    ]
+    eval_metrics = [m for m in ordered if is_eval_metric(m)]
+    train_metrics = [m for m in ordered if not is_eval_metric(m)]
+
+    summary: dict[str, dict[str, MeanCI]] = {}
+    for metric in ordered:
+        summary[metric] = {}
+        for s in strategies:
+            values = [v for r in done[s].values() if (v := r.metric(metric)) is not None]
+            if values:
+                summary[metric][s] = mean_ci(values)
+
+    comparisons: dict[str, list[Comparison]] = {}
+    picks = []
+    for metric in eval_metrics:
+        sign = -1.0 if lower_is_better(metric) else 1.0
+        ranked = sorted(summary[metric], key=lambda s: (-sign * summary[metric][s].mean, strategies.index(s)))
+        if not ranked:
+            continue
+        best = ranked[0]
+        rows = []
+        for s in ranked[1:]:
+            seeds = sorted(
+                seed
+                for seed in set(done[best]) & set(done[s])
+                if done[best][seed].metric(metric) is not None and done[s][seed].metric(metric) is not None
+            )
+            seed_test = paired_t(
+                [done[best][k].metric(metric) for k in seeds], [done[s][k].metric(metric) for k in seeds]
+            )
+            rows.append(
+                Comparison(
+                    metric,
+                    s,
+                    summary[metric][s].mean - summary[metric][best].mean,
+                    seed_test,
+                    items=_item_test(done[best], done[s], metric),
+                )
+            )
+        for attr in ("seeds", "items"):
+            tested = [c for c in rows if getattr(c, attr) is not None and getattr(c, attr).p is not None]
+            for c, p in zip(tested, holm([getattr(c, attr).p for c in tested]), strict=True):
+                setattr(c, f"{attr}_p_holm", p)
+        comparisons[metric] = rows
+        best_mean = summary[metric][best].mean
+        tied = [
+            s for s in ranked if abs(summary[metric][s].mean - best_mean) <= 1e-12 * max(1.0, abs(best_mean))
+        ]
+        if rows:
+            runner = rows[0]
+            test, p = (
+                ("seeds", runner.seeds_p_holm)
+                if runner.seeds_p_holm is not None
+                else (("items", runner.items_p_holm) if runner.items_p_holm is not None else (None, None))
+            )
+            picks.append(
+                Pick(
+                    metric,
+                    best,
+                    best_mean,
+                    runner.strategy,
+                    abs(runner.gap),
+                    test,
+                    p,
+                    p is not None and p < ALPHA and len(tied) == 1,
+                    tied,
+                )
+            )
+        else:
+            picks.append(Pick(metric, best, best_mean, None, None, None, None, False, tied))
+
+    by_depth: dict[str, dict[str, dict[int, MeanCI]]] = {}
+    depth_metrics = sorted(
+        {m for runs in done.values() for r in runs.values() for m in (r.record.get("by_depth") or {})}
+    )
+    for metric in depth_metrics:
+        by_depth[metric] = {}
+        for s in strategies:
+            per_depth: dict[int, list[float]] = defaultdict(list)
+            for r in done[s].values():
+                for depth, value in ((r.record.get("by_depth") or {}).get(metric) or {}).items():
+                    if isinstance(value, int | float) and math.isfinite(value):
+                        per_depth[int(depth)].append(float(value))
+            if per_depth:
+                by_depth[metric][s] = {d: mean_ci(v) for d, v in sorted(per_depth.items())}
+
+    fingerprints: dict[str, list[str]] = defaultdict(list)
+    for s in strategies:
+        for seed, r in sorted(done[s].items()):
+            fingerprint = ((r.record.get("data") or {}).get("fingerprint")) or "unknown"
+            fingerprints[fingerprint].append(f"{s} seed={seed}")
+
+    return SettingReport(
+        name=name,
+        overrides=any_run.setting_overrides,
+        strategies=strategies,
+        masking={s: dict(next(iter(cells[s].values())).masking) for s in strategies},
+        seeds={s: sorted(done[s]) for s in strategies},
+        eval_metrics=eval_metrics,
+        train_metrics=train_metrics,
+        summary=summary,
+        comparisons=comparisons,
+        picks=picks,
+        by_depth=by_depth,
+        fingerprints=dict(sorted(fingerprints.items())),
+    )
+
+
+def analyze(records: Iterable[dict[str, Any]]) -> SweepReport:
+    """Arrange records into settings and strategies; compute means, tests, picks and hygiene.
+
+    The expected grid of a sweep is every setting x strategy x seed seen anywhere in it; grid points with
+    no record are listed as missing, runs not `done` as failed, and neither enters an average.
+
+    Raises:
+        ValueError: no records.
+    """
+    runs = place_runs(records)
+    if not runs:
+        raise ValueError("no records to report on")
+    cells, duplicates = _pick_cells(runs)
+
+    missing = []
+    expected = 0
+    for sweep in sorted({r.sweep for r in runs}):
+        in_sweep = [r for r in runs if r.sweep == sweep]
+        settings = sorted({(r.setting, r.setting_overrides) for r in in_sweep})
+        strategies = sorted({(r.strategy_key, r.strategy) for r in in_sweep})
+        masking_of = {r.strategy: r.masking for r in in_sweep}
+        seeds = sorted({r.seed for r in in_sweep})
+        expected += len(settings) * len(strategies) * len(seeds)
+        for setting, overrides in settings:
+            for _, strategy in strategies:
+                for seed in seeds:
+                    if seed not in cells.get((setting, strategy), {}):
+                        missing.append(
+                            Missing(
+                                sweep,
+                                setting,
+                                strategy,
+                                seed,
+                                _rerun_overrides(masking_of[strategy], overrides, seed),
+                            )
+                        )
+    chosen = [r for by_seed in cells.values() for r in by_seed.values()]
+    hygiene = Hygiene(
+        expected=expected,
+        done=sum(r.status == "done" for r in chosen),
+        not_done=sorted(
+            (r for r in chosen if r.status != "done"), key=lambda r: (r.setting, r.strategy_key, r.seed)
+        ),
+        missing=missing,
+        duplicates=duplicates,
+        commits=sorted({str(r.record.get("git_commit")) for r in runs if r.record.get("git_commit")}),
+    )
+    by_setting: dict[str, dict[str, dict[int, Run]]] = defaultdict(dict)
+    for (setting, strategy), by_seed in cells.items():
+        by_setting[setting][strategy] = by_seed
+    settings = [_analyze_setting(name, by_setting[name]) for name in sorted(by_setting)]
+    return SweepReport(runs=runs, settings=settings, hygiene=hygiene)

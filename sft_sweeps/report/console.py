@@ -1,0 +1,102 @@
+"""`print_sweep_table`: the table a multirun prints when its jobs are done."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sft_sweeps.report.analysis import KEY_METRICS, analyze, lower_is_better
+from sft_sweeps.report.records import load_records
+from sft_sweeps.report.render import fmt
+
+# Column headers that fit a terminal; the full names are in the report.
+_SHORT = {
+    "turn_exact_match": "turn EM",
+    "conversation_success": "conv",
+    "stop_rate": "stop",
+    "assistant_nll": "nll",
+}
+_STATUS_STYLE = {"done": "green", "failed": "bold red", "missing": "yellow"}
+
+
+def sweep_table(records: list[dict[str, Any]]) -> tuple[Table, list[str]]:
+    """A rich table of a sweep's runs, missing grid points included (strategy, seed, status, key metrics,
+    wall time), and one note per run not done: its error or the overrides that would run it."""
+    report = analyze(records)
+    metrics = [m for m in KEY_METRICS if any(r.metric(m) is not None for r in report.runs)]
+    several = len(report.settings) > 1
+    table = Table(
+        title=f"{report.hygiene.done}/{report.hygiene.expected} runs done",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    if several:
+        table.add_column("setting")
+    # Labels such as `weighted(pw=0.1)` say what ran: the metric headers wrap before they do.
+    table.add_column("strategy", min_width=min(24, max(len(r.strategy) for r in report.runs)))
+    table.add_column("seed", justify="right")
+    table.add_column("status", min_width=7)
+    for m in metrics:
+        table.add_column(f"{_SHORT.get(m, m)}{'↓' if lower_is_better(m) else '↑'}", justify="right")
+    table.add_column("wall s", justify="right")
+    rows = [
+        (
+            r.setting,
+            r.strategy_key,
+            r.seed,
+            r.strategy,
+            r.status,
+            [fmt(r.metric(m)) for m in metrics],
+            fmt(r.record.get("wall_time_s"), 0),
+            r.error_line() or "no error recorded",
+        )
+        for r in report.runs
+    ]
+    keys = {r.strategy: r.strategy_key for r in report.runs}
+    rows += [
+        (
+            m.setting,
+            keys[m.strategy],
+            m.seed,
+            m.strategy,
+            "missing",
+            ["" for _ in metrics],
+            "",
+            f"run {m.overrides}",
+        )
+        for m in report.hygiene.missing
+    ]
+    notes = []
+    for setting, _, seed, strategy, status, values, wall, note in sorted(rows, key=lambda x: x[:3]):
+        style = _STATUS_STYLE.get(status, "red")
+        cells = values if status == "done" else ["" for _ in values]
+        table.add_row(
+            *([setting] if several else []), strategy, str(seed), f"[{style}]{status}[/{style}]", *cells, wall
+        )
+        if status != "done":
+            where = f"{setting} " if several else ""
+            notes.append(f"{where}{strategy} seed={seed} {status}: {note}")
+    return table, notes
+
+
+def print_sweep_table(sweep_dir: str, console: Console | None = None) -> None:
+    """Print the runs of the sweep in `sweep_dir` (strategy, seed, status, key metrics, wall time).
+
+    Never raises: it runs at the end of every multirun, where a traceback would hide the jobs' results.
+    """
+    console = console or Console()
+    try:
+        table, notes = sweep_table(load_records([sweep_dir]))
+    except Exception as e:  # noqa: BLE001 (a display step at the end of a sweep; say why, go on)
+        console.print(
+            f"[yellow]no sweep table for {escape(sweep_dir)}: {type(e).__name__}: {escape(str(e))}[/yellow]"
+        )
+        return
+    console.print(table)
+    for note in notes:
+        console.print(f"  [yellow]{escape(note)}[/yellow]")
+    console.print(f"Full report: python -m sft_sweeps.report {sweep_dir} --out reports/<name>")

@@ -1,0 +1,369 @@
+"""The report: records in, tables, tests, plots and CSV out; byte-identical on a rerun."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from rich.console import Console
+from scipy import stats as scipy_stats
+
+from sft_sweeps.report import (
+    RecordError,
+    analyze,
+    load_records,
+    print_sweep_table,
+    record_from_wandb_run,
+    write_report,
+)
+from sft_sweeps.report.__main__ import main as report_main
+from sft_sweeps.report.stats import holm, mean_ci, paired_permutation, paired_t
+from sft_sweeps.tracking import run_group
+from tests.conftest import compose_config
+
+# Per-strategy accuracy of turn k (1-based) in the fixtures: `all` best, `full` worst.
+BASE = {"full": 0.30, "last": 0.45, "all": 0.60, "weighted": 0.55}
+SEED_NOISE = {0: 0.00, 1: 0.03, 2: -0.02}
+N_CONVERSATIONS = 30
+
+
+@pytest.fixture(scope="module")
+def base_config() -> dict:
+    cfg = compose_config(["masking=weighted"])
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def _items(accuracy: float, seed: int) -> list[dict]:
+    """Deterministic per-turn results whose mean correctness is close to `accuracy`."""
+    rng = np.random.default_rng(seed + int(accuracy * 1000))
+    items = []
+    for c in range(N_CONVERSATIONS):
+        for turn in (1, 2):
+            p = accuracy + (0.1 if turn == 1 else -0.1)
+            items.append(
+                {
+                    "id": f"test-{c}",
+                    "task": "state_tracking",
+                    "turn": turn,
+                    "correct": bool(rng.random() < p),
+                    "stopped": True,
+                    "nll": float(1.0 - p),
+                }
+            )
+    return items
+
+
+def make_record(
+    base: dict,
+    strategy: str,
+    seed: int,
+    *,
+    sweep: str = "main",
+    pw: float | None = None,
+    status: str = "done",
+    accuracy: float | None = None,
+) -> dict:
+    config = copy.deepcopy(base)
+    config["sweep_name"], config["seed"] = sweep, seed
+    config["masking"]["name"] = strategy
+    config["masking"]["prompt_weight"] = pw if pw is not None else (0.1 if strategy == "weighted" else 0.0)
+    record = {
+        "status": status,
+        "error": None,
+        "config_hash": "x",
+        "group": run_group(config),
+        "seed": seed,
+        "strategy": strategy,
+        "config": config,
+        "overrides": [f"masking={strategy}", f"seed={seed}"],
+        "data": {"fingerprint": "f" * 64, "stats": {}, "masking": {}},
+        "wall_time_s": 10.0 + seed,
+        "git_commit": "abc123",
+        "wandb": {"run_id": None, "mode": None},
+    }
+    if status != "done":
+        record["error"] = "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA out of memory\n"
+        return record
+    acc = (accuracy if accuracy is not None else BASE[strategy]) + SEED_NOISE[seed]
+    items = _items(acc, seed)
+    by_turn = {t: [i["correct"] for i in items if i["turn"] == t] for t in (1, 2)}
+    conversations = [by_turn[1][c] and by_turn[2][c] for c in range(N_CONVERSATIONS)]
+    record.update(
+        metrics={
+            "turn_exact_match": float(np.mean([i["correct"] for i in items])),
+            "conversation_success": float(np.mean(conversations)),
+            "stop_rate": 1.0,
+            "assistant_nll": float(np.mean([i["nll"] for i in items])),
+            "train_loss": 1.0 + seed / 10,
+            "train_runtime_s": 9.0,
+        },
+        by_depth={"turn_exact_match": {str(t): float(np.mean(v)) for t, v in by_turn.items()}},
+        eval_items=items,
+    )
+    return record
+
+
+def write_sweep(root: Path, records: list[dict]) -> Path:
+    for record in records:
+        c = record["config"]
+        run_dir = (
+            root
+            / c["sweep_name"]
+            / f"masking={c['masking']['name']},pw={c['masking']['prompt_weight']},seed={c['seed']}"
+        )
+        run_dir.mkdir(parents=True)
+        (run_dir / "result.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory: pytest.TempPathFactory, base_config: dict) -> Path:
+    """`main`: 4 strategies x 3 seeds, `weighted` seed 2 failed, `last` seed 1 missing.
+    `pw`: weighted with prompt weight 0, 0.1, 1 x 2 seeds."""
+    records = [
+        make_record(base_config, s, seed, status="failed" if (s, seed) == ("weighted", 2) else "done")
+        for s in BASE
+        for seed in (0, 1, 2)
+        if (s, seed) != ("last", 1)
+    ]
+    records += [
+        make_record(base_config, "weighted", seed, sweep="pw", pw=pw, accuracy=0.4 + pw / 5)
+        for pw in (0.0, 0.1, 1.0)
+        for seed in (0, 1)
+    ]
+    return write_sweep(tmp_path_factory.mktemp("multirun"), records)
+
+
+def test_stats_known_values() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+    m = mean_ci([0.4, 0.5, 0.6])
+    assert m.mean == pytest.approx(0.5) and m.n == 3
+    assert m.half_width == pytest.approx(scipy_stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3))
+    assert mean_ci([0.7]).half_width is None
+    # 5 pairs all favouring a: exact sign-flip p = 2 / 2**5.
+    assert paired_permutation([1.0] * 5, [0.0] * 5).p == pytest.approx(2 / 32)
+    assert paired_permutation([1.0, 0.0], [1.0, 0.0]).p == 1.0
+    assert paired_t([1.0], [0.0]).p is None
+    assert paired_t([1.0, 2.0], [0.0, 1.0]).note == "differences have no variance"
+    a, b = [0.5, 0.7, 0.6], [0.4, 0.5, 0.55]
+    assert paired_t(a, b).p == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
+
+
+def test_load_records(sweeps: Path, tmp_path: Path) -> None:
+    main = load_records(str(sweeps / "main"))
+    assert len(main) == 11
+    assert [r["source"] for r in main] == sorted(r["source"] for r in main)
+    assert len(load_records([str(sweeps / "*"), str(sweeps / "main")])) == 17  # read once each
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_records(str(tmp_path / "nowhere"))
+    bad = tmp_path / "bad" / "run"
+    bad.mkdir(parents=True)
+    (bad / "result.json").write_text("{not json")
+    with pytest.raises(RecordError, match=r"bad/run/result.json: not valid JSON"):
+        load_records(str(tmp_path / "bad"))
+    (bad / "result.json").write_text(json.dumps({"status": "done", "seed": 0}))
+    with pytest.raises(RecordError, match="result.json: record has no field 'config'"):
+        load_records(str(bad))
+    record = json.loads(Path(main[0]["source"]).read_text())
+    record["metrics"]["turn_exact_match"] = "high"
+    (bad / "result.json").write_text(json.dumps(record))
+    with pytest.raises(RecordError, match="field 'metrics.turn_exact_match' must be a number"):
+        load_records(str(bad))
+
+
+def test_analysis_of_a_sweep_with_a_failed_and_a_missing_run(sweeps: Path) -> None:
+    report = analyze(load_records(str(sweeps / "main")))
+    h = report.hygiene
+    assert (h.expected, h.done, len(h.not_done), len(h.missing)) == (12, 10, 1, 1)
+    assert (h.not_done[0].strategy, h.not_done[0].seed, h.not_done[0].status) == (
+        "weighted(pw=0.1)",
+        2,
+        "failed",
+    )
+    assert h.not_done[0].error_line() == "RuntimeError: CUDA out of memory"
+    assert (h.missing[0].strategy, h.missing[0].seed, h.missing[0].overrides) == (
+        "last",
+        1,
+        "masking=last seed=1",
+    )
+
+    (setting,) = report.settings
+    assert setting.name == "main"
+    assert setting.strategies == ["full", "last", "all", "weighted(pw=0.1)"]
+    assert setting.seeds == {"full": [0, 1, 2], "last": [0, 2], "all": [0, 1, 2], "weighted(pw=0.1)": [0, 1]}
+    assert setting.eval_metrics[:4] == [
+        "turn_exact_match",
+        "conversation_success",
+        "stop_rate",
+        "assistant_nll",
+    ]
+    assert setting.train_metrics == ["train_loss", "train_runtime_s"]
+
+    # Means and intervals over done runs only, checked against numpy/scipy on the raw records.
+    records = {
+        (r["strategy"], r["seed"]): r for r in load_records(str(sweeps / "main")) if r["status"] == "done"
+    }
+    values = [records[("all", s)]["metrics"]["turn_exact_match"] for s in (0, 1, 2)]
+    cell = setting.summary["turn_exact_match"]["all"]
+    assert cell.mean == pytest.approx(np.mean(values))
+    assert cell.half_width == pytest.approx(
+        scipy_stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / math.sqrt(3)
+    )
+    weighted = [records[("weighted", s)]["metrics"]["turn_exact_match"] for s in (0, 1)]
+    assert setting.summary["turn_exact_match"]["weighted(pw=0.1)"].mean == pytest.approx(np.mean(weighted))
+
+    picks = {p.metric: p for p in setting.picks}
+    assert picks["turn_exact_match"].best == "all" and picks["turn_exact_match"].tied == ["all"]
+    # stop_rate is 1.0 everywhere: a four-way tie, never significant.
+    assert (
+        sorted(picks["stop_rate"].tied) == sorted(setting.strategies) and not picks["stop_rate"].significant
+    )
+    # NLL: lower is better, so the best has the smallest mean.
+    nll = setting.summary["assistant_nll"]
+    assert picks["assistant_nll"].best == min(nll, key=lambda s: nll[s].mean)
+
+    comparisons = {c.strategy: c for c in setting.comparisons["turn_exact_match"]}
+    full = comparisons["full"]
+    a = [records[("all", s)]["metrics"]["turn_exact_match"] for s in (0, 1, 2)]
+    b = [records[("full", s)]["metrics"]["turn_exact_match"] for s in (0, 1, 2)]
+    assert full.seeds.n == 3 and full.seeds.p == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
+    assert comparisons["last"].seeds.n == 2  # seeds paired: last has no seed 1
+    assert full.gap == pytest.approx(np.mean(b) - np.mean(a))
+    raw = [c.seeds.p for c in setting.comparisons["turn_exact_match"]]
+    adjusted = [c.seeds_p_holm for c in setting.comparisons["turn_exact_match"]]
+    assert adjusted == pytest.approx(holm(raw))
+    # Items: 60 turns averaged over 3 seeds; all is far ahead of full.
+    assert full.items.n == 2 * N_CONVERSATIONS and full.items.p < 0.01
+    assert setting.comparisons["conversation_success"][0].items.n == N_CONVERSATIONS
+    assert picks["turn_exact_match"].runner_up == "weighted(pw=0.1)"
+    assert picks["turn_exact_match"].test == "seeds"
+    assert setting.by_depth["turn_exact_match"]["all"][1].n == 3
+
+
+def test_missing_weighted_run_names_its_overrides(sweeps: Path) -> None:
+    records = [r for r in load_records(str(sweeps / "main")) if (r["strategy"], r["seed"]) != ("weighted", 0)]
+    missing = {(m.strategy, m.seed): m.overrides for m in analyze(records).hygiene.missing}
+    assert missing[("weighted(pw=0.1)", 0)] == "masking=weighted masking.prompt_weight=0.1 seed=0"
+
+
+def test_a_sweep_where_every_run_failed(base_config: dict, tmp_path: Path) -> None:
+    records = [make_record(base_config, s, 0, status="failed") for s in ("full", "all")]
+    report = write_report(records, tmp_path)
+    assert report.hygiene.done == 0 and len(report.hygiene.not_done) == 2
+    assert "No completed run" in (tmp_path / "report.md").read_text()
+    console = Console(record=True, width=200)
+    print_sweep_table(str(write_sweep(tmp_path / "runs", records)), console=console)
+    assert "0/2 runs done" in console.export_text()
+
+
+def test_report_outputs_are_complete_and_byte_identical(sweeps: Path, tmp_path: Path) -> None:
+    records = load_records([str(sweeps / "main"), str(sweeps / "pw")])
+    write_report(records, tmp_path / "a", command="python -m sft_sweeps.report X")
+    write_report(
+        load_records([str(sweeps / "pw"), str(sweeps / "main")]),
+        tmp_path / "b",
+        command="python -m sft_sweeps.report X",
+    )
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert {
+        "report.md",
+        "table.md",
+        "tables.tex",
+        "runs.csv",
+        "depth_turn_exact_match_main.png",
+        "prompt_weight_pw.png",
+    } <= set(files)
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+    png = (tmp_path / "a" / "prompt_weight_pw.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and b"matplotlib" not in png.lower()
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "RuntimeError: CUDA out of memory" in report
+    assert "`masking=last seed=1`" in report
+    assert "| all | 3 | **" in report  # the best turn_exact_match, in bold
+    assert "Holm" in report and "![depth_turn_exact_match_main.png]" in report
+    table = (tmp_path / "a" / "table.md").read_text()
+    assert (
+        "| strategy | n | turn_exact_match ↑ | conversation_success ↑ | stop_rate ↑ | assistant_nll ↓ |"
+        in table
+    )
+    assert table.rstrip().endswith("never averaged). Regenerate: `python -m sft_sweeps.report X`")
+    tex = (tmp_path / "a" / "tables.tex").read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"weighted(pw=0.1)" in tex
+    assert r"turn\_exact\_match" in tex
+    rows = (tmp_path / "a" / "runs.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(records)
+    assert rows[0].startswith("setting,sweep,strategy,seed,status,group,")
+    assert sum(",failed," in row for row in rows) == 1
+
+
+def test_cli(sweeps: Path, tmp_path: Path) -> None:
+    assert report_main([str(sweeps / "main"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "table.md").read_text()
+    assert f"Regenerate: `python -m sft_sweeps.report {sweeps / 'main'} --out {tmp_path / 'out'}`" in text
+    with pytest.raises(SystemExit):
+        report_main([])
+
+
+@pytest.mark.slow
+def test_module_entry_point(sweeps: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sft_sweeps.report", str(sweeps / "pw"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "6/6 runs done" in result.stdout and (tmp_path / "prompt_weight_pw.png").exists()
+
+
+def test_print_sweep_table(sweeps: Path, tmp_path: Path) -> None:
+    console = Console(record=True, width=200)
+    print_sweep_table(str(sweeps / "main"), console=console)
+    text = console.export_text()
+    assert "10/12 runs done" in text
+    assert "masking=last seed=1" in text and "RuntimeError: CUDA out of memory" in text
+    assert "turn EM↑" in text and "weighted(pw=0.1)" in text
+    print_sweep_table(str(tmp_path / "empty"), console=console)  # never raises
+    assert "no sweep table" in console.export_text()
+
+
+def test_record_from_wandb_run(base_config: dict) -> None:
+    config = copy.deepcopy(base_config)
+    config["seed"] = 1
+    run = SimpleNamespace(
+        id="abc",
+        path=["team", "proj", "abc"],
+        group=run_group(config),
+        state="finished",
+        config={**config, "_wandb": {"x": 1}},
+        summary={
+            "turn_exact_match": 0.5,
+            "train/loss": 1.0,
+            "_runtime": 12.0,
+            "status": "done",
+            "by_depth/turn_exact_match/1": 0.7,
+            "data/kept": 10.0,
+            "eval_items": {"_type": "table-file"},
+        },
+    )
+    record = record_from_wandb_run(run)
+    assert record["status"] == "done" and record["seed"] == 1 and record["strategy"] == "weighted"
+    assert record["metrics"] == {"turn_exact_match": 0.5}
+    assert record["by_depth"] == {"turn_exact_match": {"1": 0.7}}
+    assert record["source"] == "wandb:team/proj/abc" and "_wandb" not in record["config"]
+    assert record["wall_time_s"] == 12.0
+    crashed = record_from_wandb_run(SimpleNamespace(**{**vars(run), "state": "crashed", "summary": {}}))
+    assert crashed["status"] == "failed" and crashed["error"] == "W&B run state: crashed"
+    report = analyze([record, crashed | {"seed": 2, "config": {**record["config"], "seed": 2}}])
+    assert report.hygiene.done == 1 and len(report.hygiene.not_done) == 1
