@@ -133,6 +133,9 @@ def _train_and_evaluate(settings: Config, run_dir: str, tracker) -> dict[str, An
             model, tokenizer, list(settings.eval.lm_eval_tasks), settings.eval.lm_eval_limit, settings.eval.batch_size
         )
     tracker.log_summary(metrics)
+    tracker.log_summary(
+        {f"by_depth/{name}/{depth}": value for name, values in eval_result.by_depth.items() for depth, value in values.items()}
+    )
     tracker.log_table("eval_items", eval_result.items)
     log.info("%s: %s", label, {k: round(v, 4) for k, v in metrics.items()})
     return {

@@ -17,6 +17,15 @@ from sft_sweeps.tasks import make_splits
 from sft_sweeps.tokenizer import build_embedded_tokenizer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared CPU: torch's extra threads stall behind other processes (10x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return build_embedded_tokenizer()
@@ -34,6 +43,22 @@ def tiny_llama(tok, seed: int = 0) -> LlamaForCausalLM:
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def overfit_llama(tok, records: list[dict], steps: int = 150, seed: int = 0) -> LlamaForCausalLM:
+    """A tiny Llama trained on `records` (assistant tokens only) until it knows them by heart."""
+    model = tiny_llama(tok, seed).train()
+    batch = tok.apply_chat_template(
+        [r["messages"] for r in records], return_dict=True, return_assistant_tokens_mask=True, padding=True,
+        return_tensors="pt",
+    )
+    labels = batch["input_ids"].masked_fill(batch["assistant_masks"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
 
 
 class Oracle(torch.nn.Module):
@@ -107,6 +132,16 @@ def test_oracle_scores_one(tok, test_split):
     assert len(result.items) == m["num_turns"] == num_turns
     assert all(item["prediction"] == item["gold"] for item in result.items)
     assert set(result.by_depth["turn_exact_match"]) == {1, 2, 3, 4}
+
+
+def test_model_trained_on_the_conversations_scores_one(tok, test_split):
+    model = overfit_llama(tok, test_split[:4])
+    result = evaluate(model, tok, test_split[:4], eval_cfg(), progress=False)
+    m = result.metrics
+    assert (m["turn_exact_match"], m["conversation_success"], m["stop_rate"]) == (1.0, 1.0, 1.0)
+    assert m["assistant_nll"] < 0.05
+    # Conversations it never saw: not memorized, so not all right.
+    assert evaluate(model, tok, test_split[4:], eval_cfg(), progress=False).metrics["conversation_success"] < 1.0
 
 
 def test_own_history_errors_compound(tok, test_split):

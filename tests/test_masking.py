@@ -188,3 +188,36 @@ def test_bad_record_is_named(tok):
     data = [*records(2), {"id": "broken", "messages": [{"role": "user"}]}]
     with pytest.raises(ConversationError, match=r"conversation 'broken' \(record 2\), message 0, field 'content'"):
         build_dataset(tok, data, MaskingConfig(), 4096)
+
+
+def test_expand_turns_makes_one_sample_per_supervised_turn(tok):
+    data = [{"id": "c", "messages": CONV + [{"role": "user", "content": "bye"}]}]
+    masking = MaskingConfig(name="weighted", prompt_weight=0.1, turn_schedule="decay", turn_decay=0.5, expand_turns=True)
+    ds, stats = build_dataset(tok, data, masking, 4096)
+    assert ds["id"] == ["c@2", "c@4"]
+    first, second = (weighted_text(tok, row["input_ids"], [round(x, 6) for x in row["weights"]]) for row in ds)
+    # Each sample is the history up to its turn; only that turn is supervised, weighted as in the whole
+    # conversation (a1 is one turn before the last); the rest is prompt at prompt_weight.
+    assert first == [
+        ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nu1<|im_end|>\n<|im_start|>assistant\n", 0.1),
+        ("a1<|im_end|>", 0.5),
+        ("\n", 0.1),
+    ]
+    assert ("a1<|im_end|>", 0.0) in second and second[-2:] == [("a2<|im_end|>", 1.0), ("\n", 0.1)]
+    whole, _ = loss_weights(tok, data[0]["messages"], "all")
+    assert stats.samples == stats.kept == 2 and stats.expanded_samples_added == 1
+    assert stats.expanded_tokens_added == sum(len(x) for x in ds["input_ids"]) - len(whole)
+
+
+@pytest.mark.parametrize("strategy, samples", [("all", 2), ("last", 1), ("full", 2)])
+def test_expand_turns_composes_with_every_strategy(tok, strategy, samples):
+    data = [{"id": "c", "messages": CONV}]
+    ds, stats = build_dataset(tok, data, MaskingConfig(name=strategy, expand_turns=True), 4096)
+    assert stats.samples == samples and stats.expanded_samples_added == samples - 1
+    last_row = ds[len(ds) - 1]
+    expected = loss_weights(tok, CONV, strategy)
+    assert last_row["input_ids"] == expected[0]
+    # Earlier assistant turns are context in every expanded sample, whatever the strategy.
+    labels = annotate(tok, CONV).tokens
+    assert all(w == 0 for w, m, k in zip(last_row["weights"], labels.message, labels.kind, strict=True)
+               if m == 2 and k == ASSISTANT)

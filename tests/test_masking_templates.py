@@ -163,8 +163,8 @@ def test_end_of_turn_tokens_are_supervised_in_every_family():
             tok = family_tokenizer(family, variant)
             ids, weights = loss_weights(tok, messages, "all")
             end_id = tok.convert_tokens_to_ids(end)
-            # The last four: user, assistant, user, assistant (Qwen adds a default system turn before them).
-            assert [w for i, w in zip(ids, weights, strict=True) if i == end_id][-4:] == [0.0, 1.0, 0.0, 1.0], family
+            supervised = [i for i, w in zip(ids, weights, strict=True) if w > 0]
+            assert supervised.count(end_id) == 2, family  # one per assistant turn, none elsewhere
 
 
 def test_template_that_rewrites_history_is_refused_with_template_and_message():
@@ -197,3 +197,25 @@ def test_generation_prompt_unrelated_to_history_is_refused():
     tok = offline_tokenizer(template, eos="<|end|>", extra=["<|bot|>", "<|assistant|>", "<|user|>"])
     with pytest.raises(TemplateError, match=r"generation prompt '<\|bot\|>'.*message 1 \(assistant\)"):
         loss_weights(tok, CONVERSATIONS["alternating"], "all")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_shape_cache_gives_what_prefix_rendering_of_the_conversation_gives(family):
+    from sft_sweeps.masking import Annotator
+    from sft_sweeps.masking.render import Renderer
+    from sft_sweeps.masking.spans import compute_layouts
+
+    tok = family_tokenizer(family)
+    annotator = Annotator(tok)
+    for name, messages in CONVERSATIONS.items():
+        # Same shape, other contents: the second is served from the first's prefix renders.
+        for variant in (messages, [dict(m, content=m["content"] + f" more {i}") for i, m in enumerate(messages)]):
+            try:
+                cached = annotator.layouts(variant, expand=True)
+            except TemplateError:
+                continue
+            prepared, _ = Renderer.prepare(variant)
+            direct = compute_layouts(Renderer(tok), prepared, annotator.specials, expand=True)
+            assert [layout for layout, _, _ in cached] == direct, (family, name)
+    cache = annotator.cache(False)
+    assert cache.hits > 0

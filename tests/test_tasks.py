@@ -24,10 +24,20 @@ def content(records: list[dict]) -> set[str]:
     return {digest(r["messages"]) for r in records}
 
 
-def test_state_tracking_default_data_unchanged():
-    """The embedded default's data (conf/dataset/synthetic.yaml) is what it was before other tasks existed."""
-    splits = make_splits(["state_tracking"], {"train": 4000, "validation": 100, "test": 200}, 2, 6, 1234)
-    assert digest(splits) == "88009edde5d5b9f95490c877e92cc4ef7afd961a590662aae12f54aab5e62c49"
+def test_single_task_splits_use_the_stream_they_had_before_tasks_had_their_own():
+    """A run on state_tracking alone (the embedded default) draws exactly what it drew before mixtures existed."""
+    sizes = {"train": 300, "validation": 20, "test": 20}
+    seen, expected = set(), {}
+    for split, size in sizes.items():  # the loop make_splits had, with one stream per split
+        rng, records = random.Random(f"9/{split}"), []
+        while len(records) < size:
+            messages = TASKS["state_tracking"].generate(rng, rng.randint(1, 4))
+            if digest(messages) not in seen:
+                seen.add(digest(messages))
+                records.append(messages)
+        expected[split] = records
+    splits = make_splits(["state_tracking"], sizes, 1, 4, seed=9)
+    assert {split: [r["messages"] for r in records] for split, records in splits.items()} == expected
 
 
 @pytest.mark.parametrize("name", SUITE)

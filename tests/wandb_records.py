@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,10 +91,19 @@ class WandbRun:
         return json.loads(path.read_text())
 
 
-def read_run(path: str | Path) -> WandbRun:
-    """Decode a `.wandb` file: run metadata, config, history rows, summary, metrics, files, exit code."""
+def read_run(path: str | Path, wait_s: float = 30.0) -> WandbRun:
+    """Decode a `.wandb` file: run metadata, config, history rows, summary, metrics, files, exit code.
+
+    `run.finish()` can return before wandb-core's writer has flushed the file, so this waits up to
+    `wait_s` seconds for the exit record (a run still in progress is read as it is after that).
+    """
+    deadline = time.monotonic() + wait_s
+    records = iter_records(path)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        records = iter_records(path)
     run = WandbRun()
-    for record in iter_records(path):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run

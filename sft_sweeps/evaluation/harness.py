@@ -7,12 +7,11 @@ here, so `eval.lm_eval_tasks=[sft_sweeps_suite]` works alongside e.g. `ifeval` o
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-LM_EVAL_TASKS_DIR = Path(__file__).resolve().parents[1] / "lm_eval_tasks"
+from sft_sweeps.lm_eval_tasks import TASKS_DIR as LM_EVAL_TASKS_DIR
 
 # Keys of lm-eval's results kept in result.json; `configs` and `samples` are large and repeat the task files.
 _KEPT = ("results", "groups", "group_subtasks", "versions", "n-shot", "higher_is_better", "n-samples", "config")

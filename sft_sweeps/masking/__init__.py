@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
+
 from transformers import PreTrainedTokenizerBase
 
 from sft_sweeps.config import MaskingConfig, Strategy
@@ -23,7 +25,13 @@ from sft_sweeps.masking.dataset import MaskingStats, build_dataset, tokenizer_fi
 from sft_sweeps.masking.render import TemplateError
 from sft_sweeps.masking.sample import ROLES, Annotator, Conversation, ConversationError, check_messages
 from sft_sweeps.masking.tokens import ASSISTANT, CONTENT, KIND_NAMES, SCAFFOLD
-from sft_sweeps.masking.weights import MessageWeightError, assistant_turns, message_factors, message_weights
+from sft_sweeps.masking.weights import (
+    MessageWeightError,
+    assistant_turns,
+    message_factors,
+    message_weights,
+    token_weights,
+)
 
 __all__ = [
     "ASSISTANT", "CONTENT", "KIND_NAMES", "ROLES", "SCAFFOLD",
@@ -64,12 +72,14 @@ def annotate(
 
 
 def sample_weights(conversation: Conversation, messages: list[dict[str, Any]], masking: MaskingConfig) -> list[float]:
-    """Per-token weights of an annotated conversation under `masking` (see `loss_weights`)."""
+    """Per-token weights of an annotated conversation (or per-turn sample of `messages`) under `masking`.
+
+    See `loss_weights` for what each strategy weighs.
+    """
     weights = message_weights(messages, masking.message_weight_field)
-    assistant, other = message_factors(conversation.roles, weights, masking)
+    assistant, other = message_factors([m["role"] for m in messages], weights, masking)
     tokens = conversation.tokens
-    return [float(w) for w in (tokens.kind == ASSISTANT) * assistant[tokens.message]
-            + (tokens.kind != ASSISTANT) * other[tokens.message]]
+    return token_weights(tokens.message, tokens.kind, assistant, other, conversation.target, np.float64).tolist()
 
 
 def loss_weights(

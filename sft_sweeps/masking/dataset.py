@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from sft_sweeps.config import MaskingConfig
 from sft_sweeps.masking.sample import Annotator
 from sft_sweeps.masking.tokens import tokenize_layouts
-from sft_sweeps.masking.weights import message_factors, message_weights
+from sft_sweeps.masking.weights import message_factors, message_weights, token_weights
 
 log = logging.getLogger(__name__)
 
@@ -230,15 +230,10 @@ def build_dataset(
             weights = message_weights(messages, masking.message_weight_field, where)
             factors[i] = message_factors([m["role"] for m in messages], weights, masking)
         assistant, other = factors[i]
-        if t >= 0:
-            if assistant[t] <= 0:
-                continue  # a turn this strategy does not supervise makes no sample
-            only = np.zeros_like(assistant)
-            only[t] = assistant[t]
-            assistant = only
+        if t >= 0 and assistant[t] <= 0:
+            continue  # a turn this strategy does not supervise makes no sample
         a, b = int(offsets[row]), int(offsets[row + 1])
-        m, k = msg[a:b], kind[a:b]
-        w = np.where(k == 2, assistant[m], other[m]).astype(np.float32)
+        w = token_weights(msg[a:b], kind[a:b], assistant, other, t if t >= 0 else None)
         stats.samples += 1
         samples_per_conv[i] += 1
         sample_tokens[i] += b - a

@@ -94,10 +94,17 @@ class Annotator:
             out.append((layout, roles[: k + 1], k))
         return out
 
+    def samples(
+        self, messages: list[dict[str, Any]], tools: list[dict] | None = None, expand: bool = False,
+        where: str = "the conversation",
+    ) -> list[Conversation]:
+        """Render and tokenize a conversation: the whole of it, then with `expand` one sample per assistant turn."""
+        items = self.layouts(messages, tools, expand=expand, where=where)
+        tokens = tokenize_layouts(self.tokenizer, [layout for layout, _, _ in items])
+        return [Conversation(layout, t, roles, target) for (layout, roles, target), t in zip(items, tokens, strict=True)]
+
     def annotate(
         self, messages: list[dict[str, Any]], tools: list[dict] | None = None, where: str = "the conversation"
     ) -> Conversation:
         """Render and tokenize one conversation."""
-        (layout, roles, _), = self.layouts(messages, tools, where=where)
-        (tokens,) = tokenize_layouts(self.tokenizer, [layout])
-        return Conversation(layout, tokens, roles)
+        return self.samples(messages, tools, where=where)[0]

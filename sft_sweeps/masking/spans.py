@@ -79,6 +79,15 @@ def _closing_cuts(text: str, specials: tuple[str, ...]) -> list[int]:
     return cuts
 
 
+def _outside_specials(text: str, pos: int, specials: tuple[str, ...]) -> int:
+    """`pos`, moved back to the start of the special token it falls inside of, if any."""
+    for s in specials:
+        j = text.find(s, max(0, pos - len(s) + 1), pos + len(s) - 1)
+        if 0 <= j < pos:
+            return j
+    return pos
+
+
 class _Prefixes:
     """Renders of one conversation's prefixes and the checks that map them onto the whole render."""
 
@@ -132,7 +141,7 @@ class _Prefixes:
         else:
             # DeepSeek-style: the generation prompt says more than the history's header (`<think>`); the
             # assistant's text starts where the two part ways, which must be after some of the header.
-            g = _common_prefix(prompt, full)
+            g = _outside_specials(full, _common_prefix(prompt, full), self.specials)
             if g <= start:
                 raise self.fail(k, f"the generation prompt {prompt[start:start + 50]!r} does not match the "
                                    f"rendered assistant turn {full[start:start + 50]!r}")

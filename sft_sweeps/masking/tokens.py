@@ -16,11 +16,12 @@ KIND_NAMES = ("scaffold", "content", "assistant")
 
 @dataclass
 class Annotated:
-    """One tokenized sample: ids and, per token, its message index (-1: none) and kind."""
+    """One tokenized sample: ids and, per token, its message index (-1: none), kind and character offsets."""
 
     input_ids: np.ndarray  # int64
     message: np.ndarray  # int32
     kind: np.ndarray  # int8: SCAFFOLD, CONTENT or ASSISTANT
+    offsets: np.ndarray  # int64, shape (tokens, 2): the token's characters in the layout's text
 
 
 def special_strings(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
@@ -79,5 +80,5 @@ def tokenize_layouts(tokenizer: PreTrainedTokenizerBase, layouts: list[Layout]) 
     for layout, ids, offsets in zip(layouts, encoded["input_ids"], encoded["offset_mapping"], strict=True):
         offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
         message, kind = label_tokens(offsets, layout)
-        out.append(Annotated(np.asarray(ids, dtype=np.int64), message, kind))
+        out.append(Annotated(np.asarray(ids, dtype=np.int64), message, kind, offsets))
     return out

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from sft_sweeps.config import MaskingConfig, Strategy, TurnSchedule
-from sft_sweeps.masking.tokens import ASSISTANT, Annotated
+from sft_sweeps.masking.tokens import ASSISTANT
 
 
 class MessageWeightError(ValueError):
@@ -82,11 +82,19 @@ def message_factors(
 
 
 def token_weights(
-    sample: Annotated, assistant: np.ndarray, other: np.ndarray, target: int | None = None
+    message: np.ndarray, kind: np.ndarray, assistant: np.ndarray, other: np.ndarray, target: int | None = None,
+    dtype: type = np.float32,
 ) -> np.ndarray:
-    """Weights of one sample's tokens. With `target`, only that message's assistant tokens are supervised."""
+    """Weights of one sample's tokens from their labels and `message_factors`.
+
+    Args:
+        message, kind: per-token labels (`Annotated.message`, `Annotated.kind`).
+        assistant, other: `message_factors` of the whole conversation.
+        target: for a per-turn sample, the one assistant message it supervises.
+        dtype: float32 to store, float64 to return exact Python floats.
+    """
     if target is not None:
         only = np.zeros_like(assistant)
         only[target] = assistant[target]
         assistant = only
-    return np.where(sample.kind == ASSISTANT, assistant[sample.message], other[sample.message]).astype(np.float32)
+    return np.where(kind == ASSISTANT, assistant[message], other[message]).astype(dtype)

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sft_sweeps.report.analysis import SweepReport, analyze
+from sft_sweeps.report.analysis import SweepReport, analyze, is_eval_metric
 from sft_sweeps.report.console import print_sweep_table
 from sft_sweeps.report.records import RecordError, fetch_wandb_records, load_records, record_from_wandb_run
 
@@ -58,7 +58,8 @@ def write_report(
     for setting in report.settings:
         slug = _slug(setting.name)
         made = []
-        for metric in sorted(setting.by_depth):
+        # Per-task breakdowns (`task/metric`) and counts stay in the records; plots show the overall metrics.
+        for metric in sorted(m for m in setting.by_depth if "/" not in m and is_eval_metric(m)):
             if plot_by_depth(setting, metric, out / f"depth_{_slug(metric)}_{slug}.png"):
                 made.append(f"depth_{_slug(metric)}_{slug}.png")
         if plot_prompt_weight(setting, out / f"prompt_weight_{slug}.png"):

@@ -32,6 +32,7 @@ _NOT_SETTING_KEYS = ("seed", "sweep_name", "masking", "logger", "resume", "cache
 # conversation must be correct.
 ITEM_FIELDS = {
     "turn_exact_match": ("correct", "turn"),
+    "own_history_exact_match": ("own_correct", "turn"),
     "stop_rate": ("stopped", "turn"),
     "assistant_nll": ("nll", "turn"),
     "conversation_success": ("correct", "conversation"),

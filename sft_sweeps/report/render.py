@@ -235,10 +235,8 @@ def readme_table_md(report: SweepReport, command: str) -> str:
     for setting in report.settings:
         metrics = [m for m in KEY_METRICS if m in setting.eval_metrics] or setting.eval_metrics
         n_seeds = sorted({len(v) for v in setting.seeds.values()})
-        parts.append(
-            f"**{setting.name}**: mean ± {CONFIDENCE:.0%} CI over {'/'.join(map(str, n_seeds))} seeds; "
-            "best in bold.\n"
-        )
+        seeds = f"{'/'.join(map(str, n_seeds))} seed{'' if n_seeds == [1] else 's'}"
+        parts.append(f"**{setting.name}**: mean ± {CONFIDENCE:.0%} CI over {seeds}; best in bold.\n")
         parts.append(results_table_md(setting, metrics))
         parts.append("".join(_pick_line(p) for p in setting.picks if p.metric in metrics))
     h = report.hygiene

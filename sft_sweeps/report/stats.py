@@ -87,6 +87,7 @@ def paired_permutation(a: Sequence[float], b: Sequence[float], seed: int = 0) ->
         permutation_type="samples",
         vectorized=True,
         n_resamples=PERMUTATIONS,
+        batch=1000,  # bounds memory to 1000 x n items per step
         alternative="two-sided",
         rng=np.random.default_rng(seed),
     )

@@ -7,7 +7,7 @@ earlier ones, and a model must read the history, not only the last message.
 Example:
     >>> import random
     >>> StateTracking().generate(random.Random(0), num_turns=3)  # doctest: +NORMALIZE_WHITESPACE
-    [{'role': 'system', 'content': 'Track the variables. Reply with all of them.'},
+    [{'role': 'system', 'content': 'Track a b c.'},
      {'role': 'user', 'content': 'a=6 b=6 c=0'}, {'role': 'assistant', 'content': 'a=6 b=6 c=0'},
      {'role': 'user', 'content': 'b=8'}, {'role': 'assistant', 'content': 'a=6 b=8 c=0'},
      {'role': 'user', 'content': 'b=6'}, {'role': 'assistant', 'content': 'a=6 b=6 c=0'}]
@@ -27,7 +27,7 @@ class StateTracking:
 
     def generate(self, rng: random.Random, num_turns: int) -> list[dict[str, str]]:
         state = {v: rng.randint(0, self.max_value) for v in self.variables}
-        messages = [{"role": "system", "content": "Track the variables. Reply with all of them."}]
+        messages = [{"role": "system", "content": "Track a b c."}]
         for turn in range(num_turns):
             if turn == 0:
                 change = " ".join(f"{v}={x}" for v, x in state.items())

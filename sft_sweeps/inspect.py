@@ -1,0 +1,144 @@
+"""`python -m sft_sweeps.inspect`: see what a strategy trains on, token by token, before training.
+
+Takes the same Hydra overrides as training. Shows the first `inspect.num_samples` conversations of
+`inspect.split`, each token coloured by its loss weight under the configured strategy, with the number of
+supervised tokens under every strategy. `inspect.format=json` prints, per sample, tokens, ids, roles,
+turns, kinds and weights instead.
+
+    python -m sft_sweeps.inspect masking=weighted masking.prompt_weight=0.1
+    python -m sft_sweeps.inspect masking=last inspect.format=json inspect.num_samples=1 | jq '.[0].weights'
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.text import Text
+
+from sft_sweeps.config import Config, MaskingConfig, Strategy, register_configs, validate
+from sft_sweeps.masking import KIND_NAMES, Annotator, Conversation, assistant_turns, sample_weights
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _style(weight: float) -> str:
+    # Unsupervised text is dim; supervised text goes from yellow (small weight) to green (1); above 1 is magenta.
+    if weight <= 0:
+        return "grey50"
+    if weight > 1:
+        return "bold magenta"
+    if weight >= 1:
+        return "bold green"
+    return "yellow" if weight < 0.5 else "green"
+
+
+def _token_texts(conversation: Conversation) -> list[str]:
+    # A character split over several byte tokens is shown once, on its first token.
+    text, out, previous = conversation.layout.text, [], None
+    for start, end in conversation.tokens.offsets.tolist():
+        out.append("" if (start, end) == previous else text[start:end])
+        previous = (start, end)
+    return out
+
+
+def sample_record(
+    conversation: Conversation, messages: list[dict[str, Any]], masking: MaskingConfig, tokenizer, name: str
+) -> dict[str, Any]:
+    """One sample as plain data: per-token text, ids, message, role, turn, kind and weight, plus counts."""
+    tokens = conversation.tokens
+    turns = assistant_turns(conversation.roles)
+    messages_of = tokens.message.tolist()
+    weights = sample_weights(conversation, messages, masking)
+    supervised = {}
+    for strategy in Strategy:
+        other = MaskingConfig(**{**vars(masking), "name": strategy})
+        supervised[strategy.value] = sum(w > 0 for w in sample_weights(conversation, messages, other))
+    return {
+        "id": name,
+        "strategy": Strategy(masking.name).value,
+        "text": _token_texts(conversation),
+        "tokens": tokenizer.convert_ids_to_tokens(tokens.input_ids.tolist()),
+        "ids": tokens.input_ids.tolist(),
+        "messages": messages_of,
+        "roles": [conversation.roles[m] if m >= 0 else None for m in messages_of],
+        "turns": [turns[m] if m >= 0 and turns[m] >= 0 else None for m in messages_of],
+        "kinds": [KIND_NAMES[k] for k in tokens.kind.tolist()],
+        "weights": weights,
+        "supervised_tokens": supervised,
+        "weight_sum": round(sum(weights), 6),
+    }
+
+
+def collect(settings: Config) -> list[dict[str, Any]]:
+    """The samples `inspect` shows, as `sample_record`s (per-turn samples too when `expand_turns`)."""
+    from sft_sweeps.data import load_splits
+    from sft_sweeps.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(settings.model.tokenizer, settings.model.trust_remote_code)
+    splits = load_splits(settings.dataset)
+    records = getattr(splits, settings.inspect.split, None)
+    if records is None:
+        raise ValueError(f"inspect.split must be train, validation or test, got {settings.inspect.split!r}")
+    annotator = Annotator(tokenizer)
+    out = []
+    for i, record in enumerate(records[: settings.inspect.num_samples]):
+        name = str(record.get("id", i))
+        samples = annotator.samples(record["messages"], record.get("tools"), expand=settings.masking.expand_turns,
+                                    where=f"conversation {name!r}")
+        if settings.masking.expand_turns:
+            samples = samples[1:]
+        for sample in samples:
+            label = name if sample.target is None else f"{name}@{sample.target}"
+            shown = sample_record(sample, record["messages"], settings.masking, tokenizer, label)
+            turn = [w for w, m in zip(shown["weights"], shown["messages"], strict=True) if m == sample.target]
+            if sample.target is not None and not any(turn):
+                continue  # as in training: a turn the strategy does not supervise makes no sample
+            out.append(shown)
+    return out
+
+
+def show(samples: list[dict[str, Any]], console: Console) -> None:
+    """Print samples with rich: every token coloured by its weight, then the per-strategy counts."""
+    console.print(Text.assemble("weights: ", ("0 ", _style(0)), ("<0.5 ", _style(0.1)), ("<1 ", _style(0.7)),
+                                ("1 ", _style(1)), (">1", _style(2))))
+    for sample in samples:
+        counts = ", ".join(f"{k}={v}" for k, v in sample["supervised_tokens"].items())
+        console.rule(f"{sample['id']} ({sample['strategy']})")
+        console.print(f"{len(sample['ids'])} tokens, weight sum {sample['weight_sum']:g}; supervised tokens by "
+                      f"strategy: {counts}", highlight=False)
+        line = Text()
+        for piece, weight, kind in zip(sample["text"], sample["weights"], sample["kinds"], strict=True):
+            style = _style(weight) + (" underline" if kind == "scaffold" and weight > 0 else "")
+            line.append(piece.replace("\n", "↵\n"), style=style)
+        console.print(line)
+
+
+def run(cfg: DictConfig, console: Console | None = None) -> list[dict[str, Any]]:
+    """Inspect a composed config: print rich or JSON (per `inspect.format`) and return the samples."""
+    settings = validate(cfg)
+    samples = collect(settings)
+    if settings.inspect.format == "json":
+        print(json.dumps(samples, ensure_ascii=False))
+    else:
+        show(samples, console or Console())
+    return samples
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Compose `conf/config.yaml` with command-line overrides (as training does) and inspect it."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=list(sys.argv[1:] if argv is None else argv))
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
