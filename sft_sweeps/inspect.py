@@ -18,18 +18,19 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.text import Text
 
-from sft_sweeps.config import Config, MaskingConfig, Strategy, register_configs, validate
+from sft_sweeps.config import Config, ConfigError, MaskingConfig, Strategy, register_configs, validate
 from sft_sweeps.masking import KIND_NAMES, Annotator, Conversation, assistant_turns, sample_weights
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def _style(weight: float) -> str:
-    # Unsupervised text is dim; supervised text goes from yellow (small weight) to green (1); above 1 is magenta.
+    # Unsupervised text is dim; supervised goes from yellow (small weight) to green (1); above 1 is magenta.
     if weight <= 0:
         return "grey50"
     if weight > 1:
@@ -90,8 +91,12 @@ def collect(settings: Config) -> list[dict[str, Any]]:
     out = []
     for i, record in enumerate(records[: settings.inspect.num_samples]):
         name = str(record.get("id", i))
-        samples = annotator.samples(record["messages"], record.get("tools"), expand=settings.masking.expand_turns,
-                                    where=f"conversation {name!r}")
+        samples = annotator.samples(
+            record["messages"],
+            record.get("tools"),
+            expand=settings.masking.expand_turns,
+            where=f"conversation {name!r}",
+        )
         if settings.masking.expand_turns:
             samples = samples[1:]
         for sample in samples:
@@ -106,13 +111,24 @@ def collect(settings: Config) -> list[dict[str, Any]]:
 
 def show(samples: list[dict[str, Any]], console: Console) -> None:
     """Print samples with rich: every token coloured by its weight, then the per-strategy counts."""
-    console.print(Text.assemble("weights: ", ("0 ", _style(0)), ("<0.5 ", _style(0.1)), ("<1 ", _style(0.7)),
-                                ("1 ", _style(1)), (">1", _style(2))))
+    console.print(
+        Text.assemble(
+            "weights: ",
+            ("0 ", _style(0)),
+            ("<0.5 ", _style(0.1)),
+            ("<1 ", _style(0.7)),
+            ("1 ", _style(1)),
+            (">1", _style(2)),
+        )
+    )
     for sample in samples:
         counts = ", ".join(f"{k}={v}" for k, v in sample["supervised_tokens"].items())
         console.rule(f"{sample['id']} ({sample['strategy']})")
-        console.print(f"{len(sample['ids'])} tokens, weight sum {sample['weight_sum']:g}; supervised tokens by "
-                      f"strategy: {counts}", highlight=False)
+        console.print(
+            f"{len(sample['ids'])} tokens, weight sum {sample['weight_sum']:g}; supervised tokens by "
+            f"strategy: {counts}",
+            highlight=False,
+        )
         line = Text()
         for piece, weight, kind in zip(sample["text"], sample["weights"], sample["kinds"], strict=True):
             style = _style(weight) + (" underline" if kind == "scaffold" and weight > 0 else "")
@@ -141,4 +157,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (HydraException, ConfigError, ValueError) as e:  # bad overrides, data or template: say which
+        sys.exit(f"sft_sweeps.inspect: {type(e).__name__}: {e}")

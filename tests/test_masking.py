@@ -1,4 +1,4 @@
-"""The masking engine on the embedded ChatML tokenizer: strategies token by token, build_dataset, truncation, cache."""
+"""The masking engine on the embedded ChatML tokenizer: strategies token by token, datasets, cache."""
 
 from __future__ import annotations
 
@@ -98,8 +98,18 @@ def test_labels_know_message_role_turn_and_kind(tok):
     conv = annotate(tok, CONV)
     kinds = {(int(m), int(k)) for m, k in zip(conv.tokens.message, conv.tokens.kind, strict=True)}
     # Every message has scaffolding; system and user content is CONTENT; assistant text is ASSISTANT.
-    assert kinds == {(0, SCAFFOLD), (0, CONTENT), (1, SCAFFOLD), (1, CONTENT), (2, SCAFFOLD), (2, ASSISTANT),
-                     (3, SCAFFOLD), (3, CONTENT), (4, SCAFFOLD), (4, ASSISTANT)}
+    assert kinds == {
+        (0, SCAFFOLD),
+        (0, CONTENT),
+        (1, SCAFFOLD),
+        (1, CONTENT),
+        (2, SCAFFOLD),
+        (2, ASSISTANT),
+        (3, SCAFFOLD),
+        (3, CONTENT),
+        (4, SCAFFOLD),
+        (4, ASSISTANT),
+    }
     assert conv.roles == [m["role"] for m in CONV]
 
 
@@ -130,7 +140,10 @@ def test_bad_parameters_are_refused(tok):
 def records(n=6):
     out = []
     for i in range(n):
-        messages = [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+        messages = [
+            {"role": "user", "content": f"question {i}"},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
         if i % 2:
             messages += [{"role": "user", "content": "more?"}, {"role": "assistant", "content": "no" * i}]
         out.append({"id": f"c{i}", "messages": messages, "extra": "ignored"})
@@ -145,7 +158,13 @@ def test_build_dataset_matches_loss_weights_and_counts(tok, tmp_path):
     for row, record in zip(ds, data, strict=True):
         ids, w = loss_weights(tok, record["messages"], "weighted", prompt_weight=0.25)
         assert row["input_ids"] == ids and row["weights"] == pytest.approx(w)
-    assert (stats.conversations, stats.samples, stats.kept, stats.truncated, stats.dropped_zero_weight) == (6, 6, 6, 0, 0)
+    assert (stats.conversations, stats.samples, stats.kept, stats.truncated, stats.dropped_zero_weight) == (
+        6,
+        6,
+        6,
+        0,
+        0,
+    )
     assert stats.tokens == sum(len(x) for x in ds["input_ids"])
     assert stats.supervised_tokens == sum(len(x) for x in ds["input_ids"])  # prompt weight > 0: every token
     assert stats.weight_sum == pytest.approx(sum(sum(x) for x in ds["weights"]), rel=1e-6)
@@ -166,13 +185,20 @@ def test_cache_is_shared_by_strategies_and_invalidated_by_content(tok, tmp_path)
 
 
 def test_truncation_keeps_the_configured_end_and_drops_unsupervised_samples(tok):
-    data = [{"id": "x", "messages": [{"role": "user", "content": "q" * 40}, {"role": "assistant", "content": "ok"}]}]
+    data = [
+        {
+            "id": "x",
+            "messages": [{"role": "user", "content": "q" * 40}, {"role": "assistant", "content": "ok"}],
+        }
+    ]
     ids, w = loss_weights(tok, data[0]["messages"], "all")
     ds, stats = build_dataset(tok, data, MaskingConfig(name="all"), max_length=20, truncation_mode="keep_end")
     assert ds[0]["input_ids"] == ids[-20:] and ds[0]["weights"] == w[-20:]
     assert (stats.truncated, stats.truncated_tokens, stats.kept, stats.tokens) == (1, len(ids) - 20, 1, 20)
     # keep_start cuts the answer off: nothing left to learn, so the sample never reaches training.
-    ds, stats = build_dataset(tok, data, MaskingConfig(name="all"), max_length=20, truncation_mode="keep_start")
+    ds, stats = build_dataset(
+        tok, data, MaskingConfig(name="all"), max_length=20, truncation_mode="keep_start"
+    )
     assert len(ds) == 0 and (stats.truncated, stats.dropped_zero_weight, stats.kept) == (1, 1, 0)
 
 
@@ -186,16 +212,22 @@ def test_conversation_without_assistant_text_is_dropped_not_trained(tok):
 
 def test_bad_record_is_named(tok):
     data = [*records(2), {"id": "broken", "messages": [{"role": "user"}]}]
-    with pytest.raises(ConversationError, match=r"conversation 'broken' \(record 2\), message 0, field 'content'"):
+    with pytest.raises(
+        ConversationError, match=r"conversation 'broken' \(record 2\), message 0, field 'content'"
+    ):
         build_dataset(tok, data, MaskingConfig(), 4096)
 
 
 def test_expand_turns_makes_one_sample_per_supervised_turn(tok):
     data = [{"id": "c", "messages": CONV + [{"role": "user", "content": "bye"}]}]
-    masking = MaskingConfig(name="weighted", prompt_weight=0.1, turn_schedule="decay", turn_decay=0.5, expand_turns=True)
+    masking = MaskingConfig(
+        name="weighted", prompt_weight=0.1, turn_schedule="decay", turn_decay=0.5, expand_turns=True
+    )
     ds, stats = build_dataset(tok, data, masking, 4096)
     assert ds["id"] == ["c@2", "c@4"]
-    first, second = (weighted_text(tok, row["input_ids"], [round(x, 6) for x in row["weights"]]) for row in ds)
+    first, second = (
+        weighted_text(tok, row["input_ids"], [round(x, 6) for x in row["weights"]]) for row in ds
+    )
     # Each sample is the history up to its turn; only that turn is supervised, weighted as in the whole
     # conversation (a1 is one turn before the last); the rest is prompt at prompt_weight.
     assert first == [
@@ -219,5 +251,8 @@ def test_expand_turns_composes_with_every_strategy(tok, strategy, samples):
     assert last_row["input_ids"] == expected[0]
     # Earlier assistant turns are context in every expanded sample, whatever the strategy.
     labels = annotate(tok, CONV).tokens
-    assert all(w == 0 for w, m, k in zip(last_row["weights"], labels.message, labels.kind, strict=True)
-               if m == 2 and k == ASSISTANT)
+    assert all(
+        w == 0
+        for w, m, k in zip(last_row["weights"], labels.message, labels.kind, strict=True)
+        if m == 2 and k == ASSISTANT
+    )

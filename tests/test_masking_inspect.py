@@ -30,13 +30,18 @@ def test_json_gives_per_token_fields_that_match_loss_weights(capsys, data):
     tok = build_embedded_tokenizer()
     for sample, record in zip(printed, data, strict=False):
         n = len(sample["ids"])
-        assert all(len(sample[key]) == n for key in ("text", "tokens", "messages", "roles", "turns", "kinds", "weights"))
+        assert all(
+            len(sample[key]) == n
+            for key in ("text", "tokens", "messages", "roles", "turns", "kinds", "weights")
+        )
         ids, weights = loss_weights(tok, record["messages"], "weighted", prompt_weight=0.2)
         assert sample["ids"] == ids and sample["weights"] == pytest.approx(weights)
         assert "".join(sample["text"]) == tok.apply_chat_template(record["messages"], tokenize=False)
         assert set(sample["supervised_tokens"]) == {s.value for s in Strategy}
         # Turns count assistant messages; only assistant tokens have one.
-        assert {r for r, t in zip(sample["roles"], sample["turns"], strict=True) if t is not None} == {"assistant"}
+        assert {r for r, t in zip(sample["roles"], sample["turns"], strict=True) if t is not None} == {
+            "assistant"
+        }
 
 
 def test_rich_output_colours_tokens_and_counts_per_strategy(data):

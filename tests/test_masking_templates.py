@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trl
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from sft_sweeps.masking import ASSISTANT, TemplateError, annotate, loss_weights
@@ -78,12 +78,27 @@ CONVERSATIONS = {
 }
 
 
-def offline_tokenizer(template: str, bos: str | None = None, eos: str | None = None, extra=()) -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (like the embedded one) with the template's special tokens, and the template."""
+def offline_tokenizer(
+    template: str, bos: str | None = None, eos: str | None = None, extra=(), merges: bool = False
+) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with the template's special tokens, and the template.
+
+    Without `merges`, one token per byte, like the embedded tokenizer. With them, a small BPE trained here on
+    the test conversations, so that tokens merge across the text the template joins (`\n\n`, ` hi`).
+    """
     specials = set(re.findall(r"<[|｜][^<>]*?[|｜]>", template)) | {t for t in (bos, eos) if t} | set(extra)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    raw = Tokenizer(models.BPE(vocab={s: i for i, s in enumerate(alphabet)}, merges=[]))
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if merges:
+        raw = Tokenizer(models.BPE())
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        corpus = [m["content"] for c in CONVERSATIONS.values() for m in c] + [
+            "assistant\n\nHello",
+            "user\n\n  hi",
+        ]
+        raw.train_from_iterator(corpus * 20, trainers.BpeTrainer(vocab_size=500, initial_alphabet=alphabet))
+    else:
+        raw = Tokenizer(models.BPE(vocab={s: i for i, s in enumerate(alphabet)}, merges=[]))
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     raw.decoder = decoders.ByteLevel()
     raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in sorted(specials)])
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=bos, eos_token=eos, pad_token=eos)
@@ -91,23 +106,30 @@ def offline_tokenizer(template: str, bos: str | None = None, eos: str | None = N
     return tok
 
 
-def family_tokenizer(family: str, variant: str = "_training") -> PreTrainedTokenizerFast:
-    return offline_tokenizer((TEMPLATES / f"{family}{variant}.jinja").read_text(), **FAMILIES[family])
+def family_tokenizer(
+    family: str, variant: str = "_training", merges: bool = False
+) -> PreTrainedTokenizerFast:
+    return offline_tokenizer(
+        (TEMPLATES / f"{family}{variant}.jinja").read_text(), **FAMILIES[family], merges=merges
+    )
 
 
 def trl_mask(tok, messages):
     """TRL's reference: what SFTTrainer(assistant_only_loss=True) trains on. None if the template refuses."""
     try:
-        out = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        out = tok.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
     except Exception:  # e.g. Gemma: "System role not supported"
         return None
     return out["input_ids"], out["assistant_masks"]
 
 
+@pytest.mark.parametrize("merges", [False, True], ids=["bytes", "bpe"])
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_all_equals_trl_assistant_mask(family, conversation):
-    tok = family_tokenizer(family)
+def test_all_equals_trl_assistant_mask(family, conversation, merges):
+    tok = family_tokenizer(family, merges=merges)
     messages = CONVERSATIONS[conversation]
     reference = trl_mask(tok, messages)
     if reference is None:
@@ -124,17 +146,18 @@ def test_all_equals_trl_assistant_mask(family, conversation):
 HEADER_IN_GENERATION = {"qwen2_5": {"\n"}, "deepseekv3": {"<｜Assistant｜>", "<｜tool▁outputs▁end｜>"}}
 
 
+@pytest.mark.parametrize("merges", [False, True], ids=["bytes", "bpe"])
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
 @pytest.mark.parametrize(
     "family", ["qwen2_5", "llama3", "phi3", "gemma", "gemma3", "cohere", "deepseekv3", "qwen3_instruct_2507"]
 )
-def test_prefix_rendering_finds_the_marked_spans_without_markers(family, conversation):
-    original, training = family_tokenizer(family, ""), family_tokenizer(family)
+def test_prefix_rendering_finds_the_marked_spans_without_markers(family, conversation, merges):
+    original, training = family_tokenizer(family, "", merges), family_tokenizer(family, merges=merges)
     messages = CONVERSATIONS[conversation]
     reference = trl_mask(training, messages)
-    if reference is None or original.apply_chat_template(messages, tokenize=False) != training.apply_chat_template(
+    if reference is None or original.apply_chat_template(
         messages, tokenize=False
-    ):
+    ) != training.apply_chat_template(messages, tokenize=False):
         pytest.skip("the template refuses this conversation")
     labels = annotate(original, messages).tokens
     assert labels.input_ids.tolist() == reference[0]
@@ -150,13 +173,21 @@ def test_markers_and_prefix_agree_on_the_embedded_template_but_the_trailing_newl
     tok = build_embedded_tokenizer()
     for messages in CONVERSATIONS.values():
         marked, prefixed = annotate(tok, messages), annotate(tok, messages, use_markers=False)
-        differ = [i for i in range(len(marked.tokens.kind)) if marked.tokens.kind[i] != prefixed.tokens.kind[i]]
+        differ = [
+            i for i in range(len(marked.tokens.kind)) if marked.tokens.kind[i] != prefixed.tokens.kind[i]
+        ]
         assert {tok.decode([int(marked.tokens.input_ids[i])]) for i in differ} <= {"\n"}
 
 
 def test_end_of_turn_tokens_are_supervised_in_every_family():
-    ends = {"qwen2_5": "<|im_end|>", "llama3": "<|eot_id|>", "phi3": "<|end|>", "gemma": "<end_of_turn>",
-            "cohere": "<|END_OF_TURN_TOKEN|>", "deepseekv3": "<｜end▁of▁sentence｜>"}
+    ends = {
+        "qwen2_5": "<|im_end|>",
+        "llama3": "<|eot_id|>",
+        "phi3": "<|end|>",
+        "gemma": "<end_of_turn>",
+        "cohere": "<|END_OF_TURN_TOKEN|>",
+        "deepseekv3": "<｜end▁of▁sentence｜>",
+    }
     messages = CONVERSATIONS["alternating"]
     for family, end in ends.items():
         for variant in ("", "_training"):
@@ -169,7 +200,9 @@ def test_end_of_turn_tokens_are_supervised_in_every_family():
 
 def test_template_that_rewrites_history_is_refused_with_template_and_message():
     tok = family_tokenizer("qwen3", "")  # drops the reasoning of turns before the last user message
-    with pytest.raises(TemplateError, match=r"TRL chat template 'qwen3'.*not prefix-stable.*message 1 \(assistant\)"):
+    with pytest.raises(
+        TemplateError, match=r"TRL chat template 'qwen3'.*not prefix-stable.*message 1 \(assistant\)"
+    ):
         loss_weights(tok, CONVERSATIONS["alternating"], "all")
     # TRL's training variant keeps every turn's reasoning, so it is prefix-stable.
     loss_weights(family_tokenizer("qwen3"), CONVERSATIONS["alternating"], "all")
@@ -183,7 +216,9 @@ def test_end_of_sequence_only_after_the_final_turn_is_the_last_turns():
 
 
 def test_generation_prompt_that_differs_from_history_is_handled():
-    tok = family_tokenizer("deepseekv3", "")  # generation prompt `<｜Assistant｜><think>\n`, history `<｜Assistant｜>`
+    tok = family_tokenizer(
+        "deepseekv3", ""
+    )  # generation prompt `<｜Assistant｜><think>\n`, history `<｜Assistant｜>`
     ids, weights = loss_weights(tok, CONVERSATIONS["alternating"], "all")
     supervised = tok.decode([i for i, w in zip(ids, weights, strict=True) if w > 0])
     assert supervised == "b<｜end▁of▁sentence｜>d<｜end▁of▁sentence｜>"
@@ -209,7 +244,10 @@ def test_shape_cache_gives_what_prefix_rendering_of_the_conversation_gives(famil
     annotator = Annotator(tok)
     for name, messages in CONVERSATIONS.items():
         # Same shape, other contents: the second is served from the first's prefix renders.
-        for variant in (messages, [dict(m, content=m["content"] + f" more {i}") for i, m in enumerate(messages)]):
+        for variant in (
+            messages,
+            [dict(m, content=m["content"] + f" more {i}") for i, m in enumerate(messages)],
+        ):
             try:
                 cached = annotator.layouts(variant, expand=True)
             except TemplateError:

@@ -17,7 +17,6 @@ from dataclasses import fields
 from typing import Any
 
 import numpy as np
-
 from transformers import PreTrainedTokenizerBase
 
 from sft_sweeps.config import MaskingConfig, Strategy
@@ -34,10 +33,25 @@ from sft_sweeps.masking.weights import (
 )
 
 __all__ = [
-    "ASSISTANT", "CONTENT", "KIND_NAMES", "ROLES", "SCAFFOLD",
-    "Annotator", "Conversation", "ConversationError", "MaskingStats", "MessageWeightError", "TemplateError",
-    "annotate", "assistant_turns", "build_dataset", "check_messages", "loss_weights", "masking_config",
-    "sample_weights", "tokenizer_fingerprint",
+    "ASSISTANT",
+    "CONTENT",
+    "KIND_NAMES",
+    "ROLES",
+    "SCAFFOLD",
+    "Annotator",
+    "Conversation",
+    "ConversationError",
+    "MaskingStats",
+    "MessageWeightError",
+    "TemplateError",
+    "annotate",
+    "assistant_turns",
+    "build_dataset",
+    "check_messages",
+    "loss_weights",
+    "masking_config",
+    "sample_weights",
+    "tokenizer_fingerprint",
 ]
 
 _WEIGHT_PARAMS = {f.name for f in fields(MaskingConfig)} - {"name", "expand_turns"}
@@ -52,12 +66,16 @@ def masking_config(strategy: str | Strategy, **params: Any) -> MaskingConfig:
     """
     unknown = set(params) - _WEIGHT_PARAMS
     if unknown:
-        raise TypeError(f"unknown masking parameters {sorted(unknown)}; expected some of {sorted(_WEIGHT_PARAMS)}")
+        raise TypeError(
+            f"unknown masking parameters {sorted(unknown)}; expected some of {sorted(_WEIGHT_PARAMS)}"
+        )
     return MaskingConfig(name=Strategy(strategy), **params)
 
 
 def annotate(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict] | None = None,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    tools: list[dict] | None = None,
     use_markers: bool | None = None,
 ) -> Conversation:
     """Render and tokenize one conversation, labelling every token with its message and kind.
@@ -71,7 +89,9 @@ def annotate(
     return Annotator(tokenizer, use_markers).annotate(messages, tools)
 
 
-def sample_weights(conversation: Conversation, messages: list[dict[str, Any]], masking: MaskingConfig) -> list[float]:
+def sample_weights(
+    conversation: Conversation, messages: list[dict[str, Any]], masking: MaskingConfig
+) -> list[float]:
     """Per-token weights of an annotated conversation (or per-turn sample of `messages`) under `masking`.
 
     See `loss_weights` for what each strategy weighs.
@@ -79,7 +99,9 @@ def sample_weights(conversation: Conversation, messages: list[dict[str, Any]], m
     weights = message_weights(messages, masking.message_weight_field)
     assistant, other = message_factors([m["role"] for m in messages], weights, masking)
     tokens = conversation.tokens
-    return token_weights(tokens.message, tokens.kind, assistant, other, conversation.target, np.float64).tolist()
+    return token_weights(
+        tokens.message, tokens.kind, assistant, other, conversation.target, np.float64
+    ).tolist()
 
 
 def loss_weights(
@@ -125,8 +147,8 @@ def loss_weights(
         >>> from sft_sweeps.tokenizer import build_embedded_tokenizer
         >>> msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
         >>> ids, w = loss_weights(build_embedded_tokenizer(), msgs, "weighted", prompt_weight=0.5)
-        >>> w  # <|im_start|> user \\n h i <|im_end|> \\n <|im_start|> assistant \\n | y o <|im_end|> \\n
-        [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
+        >>> w  # <|im_start|> user \\n h i <|im_end|> \\n <|im_start|> assistant \\n | y o <|im_end|> | \\n
+        [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 0.5]
     """
     masking = masking_config(strategy, **params)
     conversation = annotate(tokenizer, messages, tools)

@@ -40,7 +40,7 @@ class MaskingStats:
 
     Attributes:
         conversations: conversations given.
-        samples: samples built: one per conversation, or with `expand_turns` one per supervised assistant turn.
+        samples: samples built: one per conversation, or with `expand_turns` one per supervised turn.
         kept: samples in the returned dataset.
         truncated: samples that lost tokens to `max_length` (whether kept or dropped afterwards).
         dropped_zero_weight: samples whose weights sum to 0 after truncation (never trained on).
@@ -73,7 +73,7 @@ class MaskingStats:
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A hash of what decides token ids and rendering: vocabulary, added tokens, special tokens, chat template."""
+    """A hash of what decides ids and rendering: vocabulary, added and special tokens, chat template."""
     h = hashlib.sha256()
     h.update(type(tokenizer).__name__.encode())
     h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
@@ -89,13 +89,15 @@ def _cache_key(tokenizer: PreTrainedTokenizerBase, conversations: list[dict], ex
     h = hashlib.sha256(f"v{CACHE_VERSION}/expand={expand}/".encode())
     h.update(tokenizer_fingerprint(tokenizer).encode())
     for record in conversations:
-        h.update(json.dumps([record.get("messages"), record.get("tools")], sort_keys=True, default=str).encode())
+        h.update(
+            json.dumps([record.get("messages"), record.get("tools")], sort_keys=True, default=str).encode()
+        )
         h.update(b"\x00")
     return h.hexdigest()[:32]
 
 
 def _tokenize_all(tokenizer: PreTrainedTokenizerBase, conversations: list[dict], expand: bool) -> pa.Table:
-    """Rows: one per sample, with its conversation index, target message and per-token ids, messages, kinds."""
+    """Rows: one per sample: conversation index, target message, and per-token ids, messages, kinds."""
     annotator = Annotator(tokenizer)
     conv, target, ids, msg, kind, conv_tokens = [], [], [], [], [], []
     for first in range(0, len(conversations), _BATCH):
@@ -121,13 +123,15 @@ def _tokenize_all(tokenizer: PreTrainedTokenizerBase, conversations: list[dict],
             ids.append(sample.input_ids.astype(np.int32))
             msg.append(sample.message)
             kind.append(sample.kind)
-    samples = pa.table({
-        "conversation": pa.array(conv, pa.int32()),
-        "target": pa.array(target, pa.int32()),
-        "input_ids": _list_array(ids, pa.int32()),
-        "message": _list_array(msg, pa.int32()),
-        "kind": _list_array(kind, pa.int8()),
-    })
+    samples = pa.table(
+        {
+            "conversation": pa.array(conv, pa.int32()),
+            "target": pa.array(target, pa.int32()),
+            "input_ids": _list_array(ids, pa.int32()),
+            "message": _list_array(msg, pa.int32()),
+            "kind": _list_array(kind, pa.int8()),
+        }
+    )
     meta = {"conversation_tokens": json.dumps(conv_tokens), "markers": json.dumps(annotator.uses_markers)}
     return samples.replace_schema_metadata(meta)
 
@@ -141,7 +145,8 @@ def _list_array(rows: list[np.ndarray], dtype: pa.DataType) -> pa.Array:
 
 def _flat(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
     array = table.column(column).combine_chunks()
-    return array.offsets.to_numpy(), array.values.to_numpy(zero_copy_only=False)
+    offsets = array.offsets.to_numpy()
+    return offsets - offsets[0], array.flatten().to_numpy(zero_copy_only=False)
 
 
 def _load_or_tokenize(
@@ -177,8 +182,8 @@ def build_dataset(
 
     Args:
         tokenizer: a fast tokenizer with a chat template.
-        conversations: records `{"id", "messages": [{"role", "content", ...}], "tools"?}`; other keys are ignored.
-            A message's `masking.message_weight_field` (e.g. `weight`, or Axolotl's `train`) scales its tokens.
+        conversations: records `{"id", "messages": [{"role", "content", ...}], "tools"?}`; other keys are
+            ignored. A message's `masking.message_weight_field` (`weight`, Axolotl's `train`) scales it.
         masking: strategy and parameters; `expand_turns` makes one sample per supervised assistant turn.
         max_length: tokens kept per sample.
         truncation_mode: `keep_start` keeps the first `max_length` tokens, `keep_end` the last.
@@ -195,10 +200,11 @@ def build_dataset(
 
     Example:
         >>> from sft_sweeps.tokenizer import build_embedded_tokenizer
-        >>> data = [{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
+        >>> chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+        >>> data = [{"id": "a", "messages": chat}]
         >>> ds, stats = build_dataset(build_embedded_tokenizer(), data, MaskingConfig(), max_length=64)
-        >>> ds[0]["weights"][-4:], stats.kept, stats.supervised_tokens
-        ([1.0, 1.0, 1.0, 1.0], 1, 4)
+        >>> ds[0]["weights"][-4:], stats.kept, stats.supervised_tokens  # y o <|im_end|> \\n
+        ([1.0, 1.0, 1.0, 0.0], 1, 3)
     """
     if truncation_mode not in ("keep_start", "keep_end"):
         raise ValueError(f"truncation_mode must be keep_start or keep_end, got {truncation_mode!r}")
@@ -261,9 +267,11 @@ def build_dataset(
         stats.expanded_samples_added = int((samples_per_conv[made] - 1).sum())
         stats.expanded_tokens_added = int((sample_tokens[made] - conv_tokens[made]).sum())
     stats.weight_sum = round(stats.weight_sum, 6)
-    table_out = pa.table({
-        "id": pa.array(out_names, pa.string()),
-        "input_ids": _list_array(out_ids, pa.int64()),
-        "weights": _list_array(out_weights, pa.float32()),
-    })
+    table_out = pa.table(
+        {
+            "id": pa.array(out_names, pa.string()),
+            "input_ids": _list_array(out_ids, pa.int64()),
+            "weights": _list_array(out_weights, pa.float32()),
+        }
+    )
     return datasets.Dataset(table_out), stats

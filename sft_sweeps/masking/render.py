@@ -1,4 +1,4 @@
-"""Rendering conversations with a tokenizer's chat template exactly as `apply_chat_template` does, but cheaply.
+"""Rendering conversations with a chat template exactly as `apply_chat_template` does, but cheaply.
 
 Span extraction renders every prefix of a conversation, so it skips `apply_chat_template`'s per-call work
 (template lookup, input copies) and calls transformers' compiled template directly, with the same inputs:
@@ -8,8 +8,8 @@ messages without `None` values, reasoning-field aliases, and the tokenizer's spe
 from __future__ import annotations
 
 import hashlib
-import re
 import importlib.util
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 class TemplateError(ValueError):
-    """A chat template cannot be mapped onto tokens without misaligning them; the message names template and turn."""
+    """A chat template cannot be mapped onto tokens without misalignment; names the template and turn."""
 
 
 @cache
@@ -57,7 +57,7 @@ def template_name(tokenizer: PreTrainedTokenizerBase, template: str) -> str:
 
 
 class Renderer:
-    """One tokenizer's chat template, compiled once, rendering message lists the way `apply_chat_template` does.
+    """One tokenizer's chat template, compiled once, rendering messages the way `apply_chat_template` does.
 
     Args:
         tokenizer: a tokenizer with a chat template.
@@ -73,17 +73,24 @@ class Renderer:
 
     @staticmethod
     def prepare(messages: list[dict[str, Any]], tools: list[dict] | None = None) -> tuple[list[dict], Any]:
-        """Messages and tools as the template sees them: plain data, no `None` values, reasoning fields aliased."""
+        """Messages and tools as the template sees them: plain data, no `None` values, reasoning aliased."""
         plain = _plain_template_data([{k: v for k, v in m.items() if v is not None} for m in messages])
         return _alias_reasoning_fields(plain), _plain_template_data(tools)
 
-    def render(self, messages: list[dict[str, Any]], tools: Any = None, add_generation_prompt: bool = False) -> str:
+    def render(
+        self, messages: list[dict[str, Any]], tools: Any = None, add_generation_prompt: bool = False
+    ) -> str:
         """Render prepared messages to text (no tokenization)."""
         return self._compiled.render(
-            messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt,
+            messages=messages,
+            tools=tools,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
             **self._variables,
         )
 
-    def render_with_markers(self, messages: list[dict[str, Any]], tools: Any = None) -> tuple[str, list[tuple[int, int]]]:
+    def render_with_markers(
+        self, messages: list[dict[str, Any]], tools: Any = None
+    ) -> tuple[str, list[tuple[int, int]]]:
         """Render prepared messages and return the character spans inside `{% generation %}` blocks."""
         return _render_with_assistant_indices(self._compiled, messages, tools, None, False, **self._variables)

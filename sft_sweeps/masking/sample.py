@@ -31,11 +31,14 @@ def check_messages(messages: Any, where: str = "the conversation") -> None:
             raise ConversationError(f"{where}, message {i}: expected a dict, got {message!r:.80}")
         role = message.get("role")
         if role not in ROLES:
-            raise ConversationError(f"{where}, message {i}, field 'role': expected one of {ROLES}, got {role!r}")
+            raise ConversationError(
+                f"{where}, message {i}, field 'role': expected one of {ROLES}, got {role!r}"
+            )
         content = message.get("content")
         if not (isinstance(content, str | list) or (content is None and message.get("tool_calls"))):
             raise ConversationError(
-                f"{where}, message {i}, field 'content': expected a string (or None with tool_calls), got {content!r:.80}"
+                f"{where}, message {i}, field 'content': expected a string (or None with tool_calls), "
+                f"got {content!r:.80}"
             )
 
 
@@ -68,7 +71,9 @@ class Annotator:
         self.tokenizer = tokenizer
         self.use_markers = use_markers
         self.specials = special_strings(tokenizer)
-        self.uses_markers = False  # whether the last conversation's assistant spans came from generation markers
+        self.uses_markers = (
+            False  # whether the last conversation's assistant spans came from generation markers
+        )
         self._caches: dict[bool, LayoutCache] = {}
 
     def cache(self, with_tools: bool) -> LayoutCache:
@@ -79,10 +84,13 @@ class Annotator:
         return self._caches[with_tools]
 
     def layouts(
-        self, messages: list[dict[str, Any]], tools: list[dict] | None = None, expand: bool = False,
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict] | None = None,
+        expand: bool = False,
         where: str = "the conversation",
     ) -> list[tuple[Layout, list[str], int | None]]:
-        """Checked and rendered: `(layout, roles, target)` for the whole conversation, then per-turn samples."""
+        """Checked and rendered: `(layout, roles, target)` of the conversation, then of per-turn samples."""
         check_messages(messages, where)
         prepared, plain_tools = Renderer.prepare(messages, tools)
         layouts = self.cache(tools is not None).layouts(prepared, plain_tools, expand=expand, where=where)
@@ -95,13 +103,19 @@ class Annotator:
         return out
 
     def samples(
-        self, messages: list[dict[str, Any]], tools: list[dict] | None = None, expand: bool = False,
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict] | None = None,
+        expand: bool = False,
         where: str = "the conversation",
     ) -> list[Conversation]:
-        """Render and tokenize a conversation: the whole of it, then with `expand` one sample per assistant turn."""
+        """Render and tokenize a conversation: all of it, then with `expand` one sample per assistant turn."""
         items = self.layouts(messages, tools, expand=expand, where=where)
         tokens = tokenize_layouts(self.tokenizer, [layout for layout, _, _ in items])
-        return [Conversation(layout, t, roles, target) for (layout, roles, target), t in zip(items, tokens, strict=True)]
+        return [
+            Conversation(layout, t, roles, target)
+            for (layout, roles, target), t in zip(items, tokens, strict=True)
+        ]
 
     def annotate(
         self, messages: list[dict[str, Any]], tools: list[dict] | None = None, where: str = "the conversation"

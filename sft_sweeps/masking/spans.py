@@ -91,8 +91,16 @@ def _outside_specials(text: str, pos: int, specials: tuple[str, ...]) -> int:
 class _Prefixes:
     """Renders of one conversation's prefixes and the checks that map them onto the whole render."""
 
-    def __init__(self, renderer: Renderer, messages: list[dict], tools: Any, where: str, specials: tuple[str, ...]):
-        self.renderer, self.messages, self.tools, self.where, self.specials = renderer, messages, tools, where, specials
+    def __init__(
+        self, renderer: Renderer, messages: list[dict], tools: Any, where: str, specials: tuple[str, ...]
+    ):
+        self.renderer, self.messages, self.tools, self.where, self.specials = (
+            renderer,
+            messages,
+            tools,
+            where,
+            specials,
+        )
 
     def fail(self, k: int, why: str) -> TemplateError:
         role = self.messages[k].get("role") if k < len(self.messages) else None
@@ -104,7 +112,9 @@ class _Prefixes:
                 return self.renderer.render_with_markers(self.messages[:k], self.tools)
             return self.renderer.render(self.messages[:k], self.tools, add_generation_prompt=gen), []
         except Exception as e:  # jinja raises whatever a template's raise_exception says
-            raise self.fail(max(k - 1, 0), f"rendering messages[:{k}] failed ({type(e).__name__}: {e})") from e
+            raise self.fail(
+                max(k - 1, 0), f"rendering messages[:{k}] failed ({type(e).__name__}: {e})"
+            ) from e
 
     def boundary(self, prefix: str, full: str, k: int, floor: int) -> int:
         """Where message k starts in `full`, given the render `prefix` of the messages before it."""
@@ -118,8 +128,9 @@ class _Prefixes:
             if not cuts:
                 raise self.fail(
                     k - 1,
-                    f"the template is not prefix-stable: messages[:{k}] render as {prefix[common:common + 50]!r} "
-                    f"where the whole conversation has {full[common:common + 50]!r} (a template that rewrites "
+                    f"the template is not prefix-stable: messages[:{k}] render as "
+                    f"{prefix[common : common + 50]!r} where the whole conversation has "
+                    f"{full[common : common + 50]!r} (a template that rewrites "
                     "earlier turns, e.g. drops their reasoning, cannot be masked turn by turn; use a "
                     "prefix-preserving training template such as TRL's)",
                 )
@@ -143,10 +154,15 @@ class _Prefixes:
             # assistant's text starts where the two part ways, which must be after some of the header.
             g = _outside_specials(full, _common_prefix(prompt, full), self.specials)
             if g <= start:
-                raise self.fail(k, f"the generation prompt {prompt[start:start + 50]!r} does not match the "
-                                   f"rendered assistant turn {full[start:start + 50]!r}")
+                raise self.fail(
+                    k,
+                    f"the generation prompt {prompt[start : start + 50]!r} does not match the "
+                    f"rendered assistant turn {full[start : start + 50]!r}",
+                )
         if not start <= g <= end:
-            raise self.fail(k, f"the generation prompt ends at {g}, outside the message's text [{start}, {end}]")
+            raise self.fail(
+                k, f"the generation prompt ends at {g}, outside the message's text [{start}, {end}]"
+            )
         return g
 
 
@@ -168,7 +184,7 @@ def compute_layouts(
         specials: the tokenizer's special-token strings (closing tokens a prefix render may add).
         tools: prepared tool schemas, passed to the template.
         expand: also return one layout per assistant message: the conversation up to and including it.
-        use_markers: take assistant spans from `{% generation %}` blocks; None uses them when the template has them.
+        use_markers: take assistant spans from `{% generation %}` blocks; None: when the template has them.
         where: names the conversation in errors.
 
     Returns:
@@ -197,7 +213,9 @@ def compute_layouts(
                 own[k] = p.generation_start(k, prefixes[k - 1] if k else "", full, starts[k], ends[k])
     content = _content_spans(renderer, messages, tools, full, starts, ends)
 
-    def assistant_spans(text: str, text_blocks: list[tuple[int, int]], upto: int) -> list[tuple[int, int, int]]:
+    def assistant_spans(
+        text: str, text_blocks: list[tuple[int, int]], upto: int
+    ) -> list[tuple[int, int, int]]:
         if not markers:  # the last message's turn runs to the end of its own render (closing tokens included)
             return [(s, ends[k] if k < upto - 1 else len(text), k) for k, s in own.items() if k < upto]
         out = []
@@ -208,7 +226,9 @@ def compute_layouts(
             # token that closes the tool outputs before it, which a prefix render puts in the tool message.
             k = max(bisect_right(starts, e - 1, 0, upto) - 1, 0)
             if roles[k] != "assistant":
-                raise p.fail(k, f"a {{% generation %}} block {text[s:s + 50]!r} lies in a {roles[k]} message")
+                raise p.fail(
+                    k, f"a {{% generation %}} block {text[s : s + 50]!r} lies in a {roles[k]} message"
+                )
             out.append((s, e, k))
         return out
 
@@ -219,24 +239,38 @@ def compute_layouts(
                 text, text_blocks = (full, blocks) if k == n - 1 else p.render(k + 1, markers=markers)
                 if not markers:
                     text = prefixes[k]
-                layouts.append(Layout(text, starts[: k + 1], assistant_spans(text, text_blocks, k + 1),
-                                      content[: k + 1], source))
+                layouts.append(
+                    Layout(
+                        text,
+                        starts[: k + 1],
+                        assistant_spans(text, text_blocks, k + 1),
+                        content[: k + 1],
+                        source,
+                    )
+                )
     return layouts
 
 
 def _content_spans(
-    renderer: Renderer, messages: list[dict[str, Any]], tools: Any, full: str, starts: list[int], ends: list[int]
+    renderer: Renderer,
+    messages: list[dict[str, Any]],
+    tools: Any,
+    full: str,
+    starts: list[int],
+    ends: list[int],
 ) -> list[tuple[int, int] | None]:
     """Where each message's own text lies: exact when the template copies content verbatim, else searched."""
     texts = [m.get("content") if isinstance(m.get("content"), str) else None for m in messages]
-    marked = [dict(m, content=_PLACEHOLDER.format(i)) if texts[i] is not None else m for i, m in enumerate(messages)]
+    marked = [
+        dict(m, content=_PLACEHOLDER.format(i)) if texts[i] is not None else m for i, m in enumerate(messages)
+    ]
     try:
         spliced = _Splice(renderer.render(marked, tools), texts)
     except Exception:  # a template that inspects content may reject the placeholder; fall back to searching
         spliced = None
     if spliced is not None and spliced.text == full:
         return spliced.content
-    # The template rewrote some content (trim, reasoning split): look for the stripped text in its own segment.
+    # The template rewrote some content (trim, reasoning split): find the stripped text in its own segment.
     found: list[tuple[int, int] | None] = []
     for i, text in enumerate(texts):
         needle = (text or "").strip()
@@ -286,25 +320,50 @@ class LayoutCache:
         max_shapes: shapes kept; the cache is cleared when full (real data has few shapes).
     """
 
-    def __init__(self, renderer: Renderer, specials: tuple[str, ...], use_markers: bool | None = None,
-                 max_shapes: int = 4096) -> None:
-        self.renderer, self.specials, self.use_markers, self.max_shapes = renderer, specials, use_markers, max_shapes
+    def __init__(
+        self,
+        renderer: Renderer,
+        specials: tuple[str, ...],
+        use_markers: bool | None = None,
+        max_shapes: int = 4096,
+    ) -> None:
+        self.renderer, self.specials, self.use_markers, self.max_shapes = (
+            renderer,
+            specials,
+            use_markers,
+            max_shapes,
+        )
         self._shapes: dict[str, list[Layout] | TemplateError] = {}
         self.hits = self.misses = self.fallbacks = 0
 
-    def layouts(self, messages: list[dict[str, Any]], tools: Any = None, *, expand: bool = False,
-                where: str = "the conversation") -> list[Layout]:
+    def layouts(
+        self,
+        messages: list[dict[str, Any]],
+        tools: Any = None,
+        *,
+        expand: bool = False,
+        where: str = "the conversation",
+    ) -> list[Layout]:
         """As `compute_layouts(renderer, messages, ...)`, in one render when the shape is known."""
         texts = [m.get("content") if isinstance(m.get("content"), str) else None for m in messages]
-        marked = [dict(m, content=_PLACEHOLDER.format(i)) if texts[i] is not None else m
-                  for i, m in enumerate(messages)]
+        marked = [
+            dict(m, content=_PLACEHOLDER.format(i)) if texts[i] is not None else m
+            for i, m in enumerate(messages)
+        ]
         key = json.dumps([marked, tools, expand], sort_keys=True, default=str)
         shape = self._shapes.get(key)
         if shape is None:
             self.misses += 1
             try:
-                shape = compute_layouts(self.renderer, marked, self.specials, tools, expand=expand,
-                                        use_markers=self.use_markers, where=where)
+                shape = compute_layouts(
+                    self.renderer,
+                    marked,
+                    self.specials,
+                    tools,
+                    expand=expand,
+                    use_markers=self.use_markers,
+                    where=where,
+                )
             except TemplateError as e:
                 shape = e
             if len(self._shapes) >= self.max_shapes:
@@ -320,11 +379,18 @@ class LayoutCache:
             spliced = [_Splice(layout.text, texts[: len(layout.starts)]) for layout in shape]
             if real is not None and spliced[0].text == real and all(s.ok for s in spliced):
                 return [_mapped(layout, s) for layout, s in zip(shape, spliced, strict=True)]
-        # The template rewrites some content, or the shape failed: the conversation's own prefix renders decide
-        # (and name the real text in any error).
+        # The template rewrites some content, or the shape failed: the conversation's own prefix renders
+        # decide (and any error quotes the real text).
         self.fallbacks += 1
-        return compute_layouts(self.renderer, messages, self.specials, tools, expand=expand,
-                               use_markers=self.use_markers, where=where)
+        return compute_layouts(
+            self.renderer,
+            messages,
+            self.specials,
+            tools,
+            expand=expand,
+            use_markers=self.use_markers,
+            where=where,
+        )
 
 
 def _mapped(layout: Layout, splice: _Splice) -> Layout:

@@ -15,7 +15,9 @@ class MessageWeightError(ValueError):
     """A message's weight field holds something other than a bool or a finite number >= 0."""
 
 
-def message_weights(messages: list[dict[str, Any]], field: str | None, where: str = "the conversation") -> np.ndarray:
+def message_weights(
+    messages: list[dict[str, Any]], field: str | None, where: str = "the conversation"
+) -> np.ndarray:
     """Each message's weight: 1 without the field, a bool as 0/1 (Axolotl's `train`), else a number >= 0.
 
     Example:
@@ -82,7 +84,11 @@ def message_factors(
 
 
 def token_weights(
-    message: np.ndarray, kind: np.ndarray, assistant: np.ndarray, other: np.ndarray, target: int | None = None,
+    message: np.ndarray,
+    kind: np.ndarray,
+    assistant: np.ndarray,
+    other: np.ndarray,
+    target: int | None = None,
     dtype: type = np.float32,
 ) -> np.ndarray:
     """Weights of one sample's tokens from their labels and `message_factors`.
