@@ -39,8 +39,14 @@ def test_split():
 def tiny_llama(tok, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -49,13 +55,18 @@ def overfit_llama(tok, records: list[dict], steps: int = 150, seed: int = 0) -> 
     """A tiny Llama trained on `records` (assistant tokens only) until it knows them by heart."""
     model = tiny_llama(tok, seed).train()
     batch = tok.apply_chat_template(
-        [r["messages"] for r in records], return_dict=True, return_assistant_tokens_mask=True, padding=True,
+        [r["messages"] for r in records],
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        padding=True,
         return_tensors="pt",
     )
     labels = batch["input_ids"].masked_fill(batch["assistant_masks"] == 0, -100)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss.backward()
+        model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels
+        ).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()
@@ -81,7 +92,9 @@ class Oracle(torch.nn.Module):
             self._learn(ids, start=1)
             if index in wrong_first_turn:  # answers turn 1 wrongly, so its own history leaves the gold one
                 first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-                prompt = tok.apply_chat_template(messages[:first], add_generation_prompt=True, return_dict=False)
+                prompt = tok.apply_chat_template(
+                    messages[:first], add_generation_prompt=True, return_dict=False
+                )
                 self._learn(prompt + tok.encode("wrong") + [self.eos], start=len(prompt))
 
     def _learn(self, ids: list[int], start: int) -> None:
@@ -94,8 +107,8 @@ class Oracle(torch.nn.Module):
 
     def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id, **_):
         rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-            context = [t for t, m in zip(ids, mask) if m]
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+            context = [t for t, m in zip(ids, mask, strict=True) if m]
             new = []
             while len(new) < max_new_tokens:
                 token = self.next_token.get(tuple(context + new), self.junk)
@@ -141,7 +154,9 @@ def test_model_trained_on_the_conversations_scores_one(tok, test_split):
     assert (m["turn_exact_match"], m["conversation_success"], m["stop_rate"]) == (1.0, 1.0, 1.0)
     assert m["assistant_nll"] < 0.05
     # Conversations it never saw: not memorized, so not all right.
-    assert evaluate(model, tok, test_split[4:], eval_cfg(), progress=False).metrics["conversation_success"] < 1.0
+    assert (
+        evaluate(model, tok, test_split[4:], eval_cfg(), progress=False).metrics["conversation_success"] < 1.0
+    )
 
 
 def test_own_history_errors_compound(tok, test_split):
@@ -154,7 +169,9 @@ def test_own_history_errors_compound(tok, test_split):
         assert item["own_correct"] == (not broken)
     assert result.metrics["conversation_success"] == pytest.approx((len(test_split) - 2) / len(test_split))
     assert result.by_depth["turn_exact_match"][2] == 1.0
-    assert result.by_depth["own_history_exact_match"][2] == pytest.approx((len(test_split) - 2) / len(test_split))
+    assert result.by_depth["own_history_exact_match"][2] == pytest.approx(
+        (len(test_split) - 2) / len(test_split)
+    )
     assert result.metrics["stop_rate"] == 1.0  # "wrong" ends with the end-of-turn token too
 
 
@@ -163,13 +180,17 @@ def test_random_model_scores_zero(tok, test_split):
     assert result.metrics["turn_exact_match"] == 0.0
     assert result.metrics["conversation_success"] == 0.0
     # A random model is close to uniform over the vocabulary.
-    assert result.metrics["assistant_nll"] == pytest.approx(torch.log(torch.tensor(float(len(tok)))).item(), rel=0.05)
+    assert result.metrics["assistant_nll"] == pytest.approx(
+        torch.log(torch.tensor(float(len(tok)))).item(), rel=0.05
+    )
     json.dumps(result.to_dict())  # JSON-serializable
 
 
 def test_batched_generation_matches_one_at_a_time(tok, test_split):
     model = tiny_llama(tok, seed=1)
-    histories = [r["messages"][:i] for r in test_split for i, m in enumerate(r["messages"]) if m["role"] == "assistant"]
+    histories = [
+        r["messages"][:i] for r in test_split for i, m in enumerate(r["messages"]) if m["role"] == "assistant"
+    ]
     prompts = prompt_ids(tok, histories[::3])
     assert len({len(p) for p in prompts}) > 1  # lengths differ, so left padding is exercised
     batched = generate(model, tok, prompts, batch_size=8, max_new_tokens=8)
@@ -187,10 +208,14 @@ def test_turn_nll_matches_transformers_loss(tok, test_split):
     assert tok.decode(ids[spans[0].start : spans[0].end]) == messages[2]["content"] + "<|im_end|>"
     # Another conversation in the batch pads this one: padding must not change its NLL.
     other = tok.apply_chat_template(test_split[1]["messages"], tokenize=True, return_dict=False)
-    other_turns = [test_split[1]["messages"][:i] for i, m in enumerate(test_split[1]["messages"]) if m["role"] == "assistant"]
+    other_turns = [
+        test_split[1]["messages"][:i]
+        for i, m in enumerate(test_split[1]["messages"])
+        if m["role"] == "assistant"
+    ]
     other_spans = assistant_spans(other, prompt_ids(tok, other_turns), [tok.eos_token_id], "test-1")
     nlls = turn_nlls(model, [ids, other], [spans, other_spans], tok.pad_token_id, batch_size=2)[0]
-    for span, (nll_sum, count) in zip(spans, nlls):
+    for span, (nll_sum, count) in zip(spans, nlls, strict=True):
         labels = torch.full((1, len(ids)), -100)
         labels[0, span.start : span.end] = torch.tensor(ids[span.start : span.end])
         with torch.no_grad():
@@ -200,7 +225,10 @@ def test_turn_nll_matches_transformers_loss(tok, test_split):
 
 
 def test_records_without_task_get_nll_only(tok, test_split):
-    chat = {"id": "real-0", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    chat = {
+        "id": "real-0",
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+    }
     result = evaluate(tiny_llama(tok), tok, [chat], eval_cfg(), progress=False)
     assert "turn_exact_match" not in result.metrics and "conversation_success" not in result.metrics
     assert result.metrics["num_nll_only_conversations"] == 1.0
@@ -208,6 +236,13 @@ def test_records_without_task_get_nll_only(tok, test_split):
     mixed = evaluate(tiny_llama(tok), tok, [chat, *test_split[:2]], eval_cfg(), progress=False)
     assert mixed.metrics["num_nll_only_conversations"] == 1.0
     assert mixed.metrics["num_turns"] == sum(1 for i in mixed.items if i["task"] == "state_tracking")
+
+
+def test_no_conversations(tok):
+    result = evaluate(tiny_llama(tok), tok, [], eval_cfg(), progress=False)
+    assert (
+        result.metrics == {"num_conversations": 0.0, "num_nll_only_conversations": 0.0} and not result.items
+    )
 
 
 def test_max_conversations(tok, test_split):
@@ -220,7 +255,10 @@ def test_max_conversations(tok, test_split):
     ("record", "message"),
     [
         ({"id": "r1"}, "'r1': field 'messages'"),
-        ({"id": "r2", "messages": [{"role": "user", "content": "hi"}]}, "'r2': field 'messages' has no assistant"),
+        (
+            {"id": "r2", "messages": [{"role": "user", "content": "hi"}]},
+            "'r2': field 'messages' has no assistant",
+        ),
         ({"id": "r3", "messages": [{"content": "hi"}]}, r"'r3': messages\[0\]"),
     ],
 )
@@ -241,3 +279,32 @@ def test_to_dict_round_trips(tok, test_split):
     assert data["metrics"] == result.metrics
     assert data["by_depth"]["turn_exact_match"]["1"] == 1.0
     assert isinstance(result, EvalResult)
+
+
+def test_evaluate_app_scores_a_saved_model_on_the_pipeline_test_split(tok, tmp_path):
+    """`python -m sft_sweeps.evaluate`: reloads the saved model and tokenizer, rebuilds the test split."""
+    from sft_sweeps.config import validate
+    from sft_sweeps.data import load_splits
+    from sft_sweeps.evaluate import RESULT_NAME, run_evaluation
+    from tests.conftest import TINY_OVERRIDES, compose_config
+
+    cfg = compose_config(
+        [*TINY_OVERRIDES, "logger=none", f"eval.model_path={tmp_path / 'model'}", "eval.max_conversations=2"]
+    )
+    test = load_splits(validate(cfg).dataset).test
+    overfit_llama(tok, test[:2]).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    record = run_evaluation(cfg, tmp_path)
+    assert record["metrics"]["turn_exact_match"] == 1.0
+    assert record["metrics"]["conversation_success"] == 1.0
+    assert {item["id"] for item in record["eval_items"]} == {test[0]["id"], test[1]["id"]}
+    assert json.loads((tmp_path / RESULT_NAME).read_text())["metrics"] == record["metrics"]
+
+
+def test_evaluate_app_needs_a_model_dir(tmp_path):
+    from sft_sweeps.config import ConfigError
+    from sft_sweeps.evaluate import run_evaluation
+    from tests.conftest import compose_config
+
+    with pytest.raises(ConfigError, match="eval.model_path"):
+        run_evaluation(compose_config([f"eval.model_path={tmp_path / 'missing'}"]), tmp_path)

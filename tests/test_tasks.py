@@ -25,7 +25,7 @@ def content(records: list[dict]) -> set[str]:
 
 
 def test_single_task_splits_use_the_stream_they_had_before_tasks_had_their_own():
-    """A run on state_tracking alone (the embedded default) draws exactly what it drew before mixtures existed."""
+    """A run on state_tracking alone (the embedded default) draws what it drew before mixtures existed."""
     sizes = {"train": 300, "validation": 20, "test": 20}
     seen, expected = set(), {}
     for split, size in sizes.items():  # the loop make_splits had, with one stream per split
@@ -86,7 +86,7 @@ def test_fact_recall_asks_about_first_message_facts():
         facts = dict(pair.split("=") for pair in messages[1]["content"].split())
         assert messages[2]["content"] == "ok"
         assert messages[-2]["content"].endswith("?")  # the last turn always recalls
-        for user, answer in zip(messages[3::2], messages[4::2]):
+        for user, answer in zip(messages[3::2], messages[4::2], strict=True):
             if user["content"].endswith("?"):
                 assert answer["content"] == facts[user["content"][:-1]]
             else:

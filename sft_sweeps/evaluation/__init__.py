@@ -11,4 +11,12 @@ from sft_sweeps.evaluation.generation import Generation, generate, prompt_ids
 from sft_sweeps.evaluation.harness import LM_EVAL_TASKS_DIR, run_lm_eval
 from sft_sweeps.evaluation.multiturn import EvalResult, evaluate
 
-__all__ = ["EvalResult", "Generation", "LM_EVAL_TASKS_DIR", "evaluate", "generate", "prompt_ids", "run_lm_eval"]
+__all__ = [
+    "EvalResult",
+    "Generation",
+    "LM_EVAL_TASKS_DIR",
+    "evaluate",
+    "generate",
+    "prompt_ids",
+    "run_lm_eval",
+]

@@ -34,11 +34,13 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, histories: list[list[dict]]) 
     """Token ids of each history rendered by the chat template, ending with the assistant header."""
     if not histories:
         return []
-    return tokenizer.apply_chat_template(histories, add_generation_prompt=True, tokenize=True, return_dict=False)
+    return tokenizer.apply_chat_template(
+        histories, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """End-of-turn ids: the tokenizer's eos plus any the model's generation config lists (e.g. Llama-3's eot)."""
+    """End-of-turn ids: the tokenizer's eos plus any in the model's generation config (e.g. Llama-3's eot)."""
     ids = {tokenizer.eos_token_id}
     configured = getattr(model.generation_config, "eos_token_id", None)
     if configured is not None:
@@ -91,7 +93,7 @@ def generate(
             attention_mask=attention_mask.to(model.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            # Unset sampling knobs a hub model's generation config may carry, so greedy decoding is not warned about.
+            # Unset sampling knobs a hub model's generation config may carry: greedy decoding, no warnings.
             temperature=None,
             top_p=None,
             top_k=None,
@@ -114,5 +116,5 @@ def _cut(new_ids: list[int], stops: list[int], tokenizer: PreTrainedTokenizerBas
 
 
 def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
-    # Special tokens stay in the text: an answer that runs on into `<|im_start|>user` must not read as correct.
+    # Special tokens stay in the text: an answer running on into `<|im_start|>user` must not read as correct.
     return tokenizer.decode(ids, skip_special_tokens=False)

@@ -14,7 +14,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sft_sweeps.lm_eval_tasks import TASKS_DIR as LM_EVAL_TASKS_DIR
 
 # Keys of lm-eval's results kept in result.json; `configs` and `samples` are large and repeat the task files.
-_KEPT = ("results", "groups", "group_subtasks", "versions", "n-shot", "higher_is_better", "n-samples", "config")
+_KEPT = (
+    "results",
+    "groups",
+    "group_subtasks",
+    "versions",
+    "n-shot",
+    "higher_is_better",
+    "n-samples",
+    "config",
+)
 
 
 def run_lm_eval(
@@ -47,12 +56,16 @@ def run_lm_eval(
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
+    # Indexing lm-eval's ~15k built-in tasks takes ~15 s on a CPU; skip it when only our tasks are asked for.
+    manager = TaskManager(include_path=str(LM_EVAL_TASKS_DIR), include_defaults=False)
+    if not set(tasks) <= set(manager.all_tasks):
+        manager = TaskManager(include_path=str(LM_EVAL_TASKS_DIR))
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     results = simple_evaluate(
         model=lm,
         tasks=list(tasks),
         limit=limit,
-        task_manager=TaskManager(include_path=str(LM_EVAL_TASKS_DIR)),
+        task_manager=manager,
         apply_chat_template=True,
         log_samples=False,
     )

@@ -15,7 +15,8 @@ there, so they get only the NLL of their assistant turns (`assistant_nll`) and a
 `num_nll_only_conversations`.
 
 Example:
-    >>> result = evaluate(model, tokenizer, splits["test"], EvalConfig(max_conversations=50))  # doctest: +SKIP
+    >>> cfg = EvalConfig(max_conversations=50)
+    >>> result = evaluate(model, tokenizer, splits["test"], cfg)  # doctest: +SKIP
     >>> result.metrics["turn_exact_match"], result.by_depth["turn_exact_match"][3]  # doctest: +SKIP
     (0.91, 0.84)
 """
@@ -57,7 +58,9 @@ class EvalResult:
         """A JSON-serializable copy (depth keys become strings)."""
         return {
             "metrics": dict(self.metrics),
-            "by_depth": {name: {str(d): v for d, v in values.items()} for name, values in self.by_depth.items()},
+            "by_depth": {
+                name: {str(d): v for d, v in values.items()} for name, values in self.by_depth.items()
+            },
             "items": [dict(item) for item in self.items],
         }
 
@@ -105,19 +108,28 @@ def evaluate(
 
     with Progress(disable=not progress, transient=True) as bars:
         nll_bar = bars.add_task("assistant NLL", total=len(convs))
-        full_ids = tokenizer.apply_chat_template(
-            [c.messages for c in convs], tokenize=True, return_dict=False
-        ) if convs else []
-        spans = [assistant_spans(ids, prompts, stops, c.id) for ids, prompts, c in zip(full_ids, gold_prompts, convs)]
+        full_ids = (
+            tokenizer.apply_chat_template([c.messages for c in convs], tokenize=True, return_dict=False)
+            if convs
+            else []
+        )
+        spans = [
+            assistant_spans(ids, prompts, stops, c.id)
+            for ids, prompts, c in zip(full_ids, gold_prompts, convs, strict=True)
+        ]
         nlls = turn_nlls(model, full_ids, spans, pad_id, cfg.batch_size, _advance(bars, nll_bar))
 
         gen_bar = bars.add_task("generate (gold history)", total=sum(len(c.turns) for c in scored))
         flat = [(ci, t) for ci, c in enumerate(convs) if c.task is not None for t in range(len(c.turns))]
         outputs = generate(
-            model, tokenizer, [gold_prompts[ci][t] for ci, t in flat], cfg.batch_size, cfg.max_new_tokens,
+            model,
+            tokenizer,
+            [gold_prompts[ci][t] for ci, t in flat],
+            cfg.batch_size,
+            cfg.max_new_tokens,
             _advance(bars, gen_bar),
         )
-        gold_gen = dict(zip(flat, outputs))
+        gold_gen = dict(zip(flat, outputs, strict=True))
 
         own_bar = bars.add_task("generate (own history)", total=sum(len(c.turns) for c in scored))
         own_gen = _own_history(model, tokenizer, convs, gold_prompts, gold_gen, cfg, _advance(bars, own_bar))
@@ -127,15 +139,26 @@ def evaluate(
         for t, message_index in enumerate(c.turns):
             nll_sum, num_tokens = nlls[ci][t]
             item: dict[str, Any] = {
-                "id": c.id, "task": c.task, "turn": t + 1, "nll": nll_sum / num_tokens, "num_tokens": num_tokens,
+                "id": c.id,
+                "task": c.task,
+                "turn": t + 1,
+                "nll": nll_sum / num_tokens,
+                "num_tokens": num_tokens,
                 "gold": c.messages[message_index]["content"],
-                "correct": None, "stopped": None, "prediction": None, "own_correct": None, "own_prediction": None,
+                "correct": None,
+                "stopped": None,
+                "prediction": None,
+                "own_correct": None,
+                "own_prediction": None,
             }
             if c.task is not None:
                 gold, own = gold_gen[(ci, t)], own_gen[(ci, t)]
                 item.update(
-                    correct=_match(gold.text, item["gold"]), stopped=gold.stopped, prediction=gold.text,
-                    own_correct=_match(own.text, item["gold"]), own_prediction=own.text,
+                    correct=_match(gold.text, item["gold"]),
+                    stopped=gold.stopped,
+                    prediction=gold.text,
+                    own_correct=_match(own.text, item["gold"]),
+                    own_prediction=own.text,
                 )
             items.append(item)
     metrics, by_depth = _aggregate(items)
@@ -154,7 +177,11 @@ def _parse(record: dict, position: int) -> _Conversation:
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"eval record {record_id!r}: field 'messages' must be a non-empty list")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or "content" not in message
+        ):
             raise ValueError(f"eval record {record_id!r}: messages[{i}] needs string 'role' and 'content'")
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not turns:
@@ -198,14 +225,16 @@ def _own_history(
             histories.append(history)
         prompts = prompt_ids(tokenizer, histories)
         todo = []
-        for ci, prompt in zip(active, prompts):
+        for ci, prompt in zip(active, prompts, strict=True):
             if prompt == gold_prompts[ci][depth]:
                 own[(ci, depth)] = gold_gen[(ci, depth)]
             else:
                 todo.append((ci, prompt))
         on_batch(len(active) - len(todo))
-        outputs = generate(model, tokenizer, [p for _, p in todo], cfg.batch_size, cfg.max_new_tokens, on_batch)
-        for (ci, _), output in zip(todo, outputs):
+        outputs = generate(
+            model, tokenizer, [p for _, p in todo], cfg.batch_size, cfg.max_new_tokens, on_batch
+        )
+        for (ci, _), output in zip(todo, outputs, strict=True):
             own[(ci, depth)] = output
         depth += 1
 
@@ -232,7 +261,11 @@ def _aggregate(items: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str,
 
 
 def _means(items: list[dict[str, Any]], with_conversations: bool = True) -> dict[str, float]:
-    out = {"assistant_nll": sum(i["nll"] * i["num_tokens"] for i in items) / sum(i["num_tokens"] for i in items)}
+    if not items:
+        return {}
+    out = {
+        "assistant_nll": sum(i["nll"] * i["num_tokens"] for i in items) / sum(i["num_tokens"] for i in items)
+    }
     scored = [i for i in items if i["correct"] is not None]
     if scored:
         out["turn_exact_match"] = sum(i["correct"] for i in scored) / len(scored)

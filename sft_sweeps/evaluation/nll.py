@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 
 @dataclass
@@ -42,12 +42,14 @@ def assistant_spans(
         start = len(prompt)
         if conversation_ids[:start] != prompt:
             raise ValueError(
-                f"record {record_id!r}, assistant turn {turn}: the chat template's rendering of the history is not "
-                "a prefix of the whole conversation, so the turn's tokens cannot be located"
+                f"record {record_id!r}, assistant turn {turn}: the chat template does not render the history "
+                "as a prefix of the whole conversation, so the turn's tokens cannot be located"
             )
         end = next((i + 1 for i in range(start, len(conversation_ids)) if conversation_ids[i] in stops), None)
         if end is None:
-            raise ValueError(f"record {record_id!r}, assistant turn {turn}: no end-of-turn token after the turn")
+            raise ValueError(
+                f"record {record_id!r}, assistant turn {turn}: no end-of-turn token after the turn"
+            )
         spans.append(TurnSpan(start, end))
     return spans
 
@@ -87,7 +89,9 @@ def turn_nlls(
         column = {p: c for c, p in enumerate(positions)}
         for row, i in enumerate(batch):
             for span in spans[i]:
-                cols = torch.tensor([column[p - 1] for p in range(span.start, span.end)], device=logits.device)
+                cols = torch.tensor(
+                    [column[p - 1] for p in range(span.start, span.end)], device=logits.device
+                )
                 targets = input_ids[row, span.start : span.end].to(logits.device)
                 nll = torch.nn.functional.cross_entropy(logits[row, cols], targets, reduction="sum")
                 results[i].append((float(nll), span.end - span.start))

@@ -29,7 +29,9 @@ class MultiTurnTask(ConfigurableTask):
         config = {key: value for key, value in (config or {}).items() if key != "class"}
         kwargs = dict(config.get("dataset_kwargs") or {})
         if isinstance(kwargs.get("data_files"), dict):
-            kwargs["data_files"] = {split: str(TASKS_DIR / path) for split, path in kwargs["data_files"].items()}
+            kwargs["data_files"] = {
+                split: str(TASKS_DIR / path) for split, path in kwargs["data_files"].items()
+            }
             config["dataset_kwargs"] = kwargs
         super().__init__(config=config)
 
@@ -53,9 +55,13 @@ class MultiTurnTask(ConfigurableTask):
                 can be found.
         """
         if num_fewshot:
-            raise ValueError(f"{self.config.task}: multi-turn docs carry their own history; use --num_fewshot 0")
+            raise ValueError(
+                f"{self.config.task}: multi-turn docs carry their own history; use --num_fewshot 0"
+            )
         messages = [dict(m) for m in doc["history"]]
-        if system_instruction:
+        if system_instruction and messages[0]["role"] == "system":  # one system message, lm-eval's first
+            messages[0]["content"] = f"{system_instruction}\n{messages[0]['content']}"
+        elif system_instruction:
             messages.insert(0, {"role": "system", "content": system_instruction})
         if apply_chat_template and chat_template is not None:
             return chat_template(messages, add_generation_prompt=True)
@@ -65,7 +71,9 @@ class MultiTurnTask(ConfigurableTask):
                 f"{self.config.task}: the prompt is a chat history; pass --apply_chat_template, or "
                 "--model_args pretrained=<dir> whose tokenizer has a chat template"
             )
-        return _tokenizer(pretrained).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return _tokenizer(pretrained).apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
 
 @functools.cache
@@ -88,8 +96,13 @@ def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
             if message["role"] == "assistant":
                 turn += 1
                 docs.append(
-                    {"id": record["id"], "task": record["task"], "turn": turn, "history": messages[:i],
-                     "answer": message["content"]}
+                    {
+                        "id": record["id"],
+                        "task": record["task"],
+                        "turn": turn,
+                        "history": messages[:i],
+                        "answer": message["content"],
+                    }
                 )
     return datasets.Dataset.from_list(docs)
 

@@ -82,13 +82,15 @@ def make_splits(
                 repeats += 1
                 if repeats > _MAX_REPEATS:
                     raise ValueError(
-                        f"task {task.name!r} has too few distinct conversations of {min_turns}-{max_turns} turns "
-                        f"for {size} {split} conversations after {len(records)}: lower dataset.num_{split} "
-                        "or raise dataset.max_turns"
+                        f"task {task.name!r} has too few distinct conversations of {min_turns}-{max_turns} "
+                        f"turns for {size} {split} conversations after {len(records)}: lower "
+                        f"dataset.num_{split} or raise dataset.max_turns"
                     )
                 continue
             repeats = 0
             seen.add(key)
-            records.append({"id": f"{split}-{len(records)}", "task": task.name, "split": split, "messages": messages})
+            records.append(
+                {"id": f"{split}-{len(records)}", "task": task.name, "split": split, "messages": messages}
+            )
         splits[split] = records
     return splits
