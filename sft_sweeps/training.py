@@ -11,6 +11,11 @@ the trainer is extended in two narrow places:
 
 Normalizers (`train.loss_normalizer`): `weight_sum` (for 0/1 masks, TRL's token mean), `tokens` (non-pad
 tokens: a fixed scale, so a strategy that supervises fewer tokens gets smaller gradients), `sequences`.
+`weight_sum` and `tokens` count prediction positions: from the second token of each sequence on.
+
+Like TRL's, the loss logs `entropy`, `mean_token_accuracy` (over supervised tokens) and `num_tokens`.
+Padding-free batches (`train.padding_free`) keep conversations apart: transformers builds a block-diagonal
+mask from the position ids (or flash-attention uses varlen kernels), because the forward passes no KV cache.
 """
 
 from __future__ import annotations
@@ -39,22 +44,38 @@ class WeightedCollator(DataCollatorForLanguageModeling):
 
     Example:
         >>> collate = WeightedCollator(pad_token_id=0)
-        >>> batch = collate([{"input_ids": [5, 6, 7], "weights": [0.0, 0.5, 1.0]}, {"input_ids": [8, 9], "weights": [1.0, 1.0]}])
+        >>> batch = collate([
+        ...     {"input_ids": [5, 6, 7], "weights": [0.0, 0.5, 1.0]},
+        ...     {"input_ids": [8, 9], "weights": [1.0, 1.0]},
+        ... ])
         >>> batch["labels"].tolist(), batch["weights"].tolist()
         ([[-100, 6, 7], [8, 9, -100]], [[0.0, 0.5, 1.0], [1.0, 1.0, 0.0]])
     """
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        weights = [torch.tensor(example["weights"], dtype=torch.float32) for example in examples]
+        for i, (example, w) in enumerate(zip(examples, weights, strict=True)):
+            # A misaligned or negative weight would train silently on the wrong tokens
+            if len(w) != len(example["input_ids"]):
+                raise ValueError(
+                    f"sample {i} of the batch: {len(w)} weights for {len(example['input_ids'])} input_ids"
+                )
+            if not (torch.isfinite(w).all() and (w >= 0).all()):
+                raise ValueError(
+                    f"sample {i} of the batch: weights must be finite and >= 0, got {w.tolist()}"
+                )
         batch = super().torch_call(
             [
                 {
                     "input_ids": example["input_ids"],
-                    "labels": [t if w > 0 else -100 for t, w in zip(example["input_ids"], example["weights"])],
+                    "labels": [
+                        t if w > 0 else -100
+                        for t, w in zip(example["input_ids"], example["weights"], strict=True)
+                    ],
                 }
                 for example in examples
             ]
         )
-        weights = [torch.tensor(example["weights"], dtype=torch.float32) for example in examples]
         if self.padding_free:
             weights = [torch.cat(weights)]
         padded = torch.zeros(batch["labels"].shape, dtype=torch.float32)
@@ -65,7 +86,20 @@ class WeightedCollator(DataCollatorForLanguageModeling):
 
 
 def step_normalizer(batch: dict[str, torch.Tensor], normalizer: LossNormalizer) -> torch.Tensor:
-    """The loss denominator contributed by one micro-batch (labels are predicted from position 1 on)."""
+    """The loss denominator contributed by one micro-batch (labels are predicted from position 1 on).
+
+    Args:
+        batch: a `WeightedCollator` batch, padded (`attention_mask`) or padding-free (`position_ids`).
+        normalizer: `weight_sum` (sum of weights), `tokens` (non-pad prediction positions) or `sequences`.
+
+    Returns:
+        A scalar float tensor; the trainer sums it over the micro-batches (and ranks) of a step.
+
+    Example:
+        >>> batch = WeightedCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "weights": [0.0, 0.5, 1.0]}])
+        >>> [step_normalizer(batch, n).item() for n in LossNormalizer]
+        [1.5, 2.0, 1.0]
+    """
     if normalizer == LossNormalizer.weight_sum:
         return batch["weights"][:, 1:].sum()
     if "attention_mask" in batch:
@@ -81,7 +115,9 @@ def step_normalizer(batch: dict[str, torch.Tensor], normalizer: LossNormalizer) 
 class WeightedSFTTrainer(SFTTrainer):
     """`SFTTrainer` whose loss is sum(weight x NLL) / normalizer; see the module docstring."""
 
-    def __init__(self, *args: Any, loss_normalizer: LossNormalizer = LossNormalizer.weight_sum, **kwargs: Any):
+    def __init__(
+        self, *args: Any, loss_normalizer: LossNormalizer = LossNormalizer.weight_sum, **kwargs: Any
+    ):
         self.loss_normalizer = LossNormalizer(loss_normalizer)
         super().__init__(*args, **kwargs)
         # Our loss is always divided by the normalizer of the whole step, so transformers must not divide
@@ -102,16 +138,38 @@ class WeightedSFTTrainer(SFTTrainer):
         # outputs.log_probs[:, t] is the log-probability of token t+1, so it takes the weight of token t+1
         weighted_nll = -(outputs.log_probs * weights[:, 1:].to(outputs.log_probs.dtype)).sum()
         if num_items_in_batch is None:  # evaluation: normalize within the batch
-            num_items_in_batch = step_normalizer({**inputs, "weights": weights}, self.loss_normalizer)
-        loss = weighted_nll / torch.as_tensor(num_items_in_batch, device=weighted_nll.device).clamp(min=1e-8)
-        # DDP averages gradients over ranks, while the normalizer already sums over every rank
-        if self.args.average_tokens_across_devices and self.model.training:
-            loss = loss * self.accelerator.num_processes
+            normalizer = step_normalizer({**inputs, "weights": weights}, self.loss_normalizer)
+            loss = weighted_nll / normalizer.to(weighted_nll.device).clamp(min=1e-8)
+        else:
+            # Fractional weights can sum below 1, so clamp only against a step with nothing supervised
+            normalizer = torch.as_tensor(num_items_in_batch, device=weighted_nll.device)
+            loss = weighted_nll / normalizer.clamp(min=1e-8)
+            # The normalizer sums over every rank while DDP averages gradients over ranks
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        self._log_token_metrics(inputs, outputs)
         return (loss, outputs) if return_outputs else loss
+
+    def _log_token_metrics(self, inputs: dict[str, Any], outputs: Any) -> None:
+        """What TRL's `compute_loss` logs: entropy and top-1 accuracy of supervised tokens, tokens seen."""
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(outputs.label_mask.sum()).sum()
+        entropy = gather(outputs.entropy.detach().sum()).sum()
+        correct = gather(outputs.is_top1.sum()).sum()
+        self._metrics[mode]["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append(
+            (correct / num_valid).item() if num_valid > 0 else 0.0
+        )
+        if mode == "train":  # a padding-free batch has no attention mask, and no padding
+            ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+            tokens = ids.new_tensor(ids.numel()) if mask is None else mask.sum()
+            self._total_train_tokens += int(gather(tokens).sum().item())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
 
 class ProgressCallback(TrainerCallback):
-    """One line per logging step: step, loss, learning rate, elapsed time and ETA (readable in logs, unlike tqdm)."""
+    """One line per logging step: step, loss, learning rate, elapsed time and ETA; readable in logs."""
 
     def __init__(self, label: str = ""):
         self.label = f"[{label}] " if label else ""
@@ -121,7 +179,8 @@ class ProgressCallback(TrainerCallback):
         self.start = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:
+        # one line per step, not one per rank
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
         elapsed = time.monotonic() - self.start
         eta = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
@@ -153,7 +212,8 @@ def make_sft_config(cfg: TrainConfig, seed: int, output_dir: str) -> SFTConfig:
         use_cpu=not on_gpu,
         seed=seed,
         data_seed=seed,
-        train_sampling_strategy=cfg.train_sampling_strategy,  # the same seed gives every strategy the same data order
+        # the same seed gives every strategy the same data order
+        train_sampling_strategy=cfg.train_sampling_strategy,
         logging_steps=cfg.logging_steps,
         save_strategy="no",
         eval_strategy="no",
@@ -174,7 +234,17 @@ def build_trainer(
     output_dir: str,
     callbacks: list[TrainerCallback] | None = None,
 ) -> WeightedSFTTrainer:
-    """A `WeightedSFTTrainer` for samples with `input_ids` and `weights` columns."""
+    """A `WeightedSFTTrainer` for samples with `input_ids` and `weights` columns.
+
+    Args:
+        model: the causal LM; wrapped with LoRA adapters when `cfg.lora` is set.
+        tokenizer: its tokenizer (pad token id for the collator; saved with the model).
+        train_dataset: `input_ids` and `weights` of equal lengths per sample; other columns are dropped.
+        cfg: the training settings, `loss_normalizer` and `padding_free` included.
+        seed: seeds initialisation and data order (the same seed gives every strategy the same order).
+        output_dir: the Trainer's output directory.
+        callbacks: extra `TrainerCallback`s (progress, tracking).
+    """
     peft_config = None
     if cfg.lora is not None:
         from peft import LoraConfig

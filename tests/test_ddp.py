@@ -1,11 +1,12 @@
 """Data parallelism: two CPU processes (gloo) under `accelerate launch` give the gradients of one process.
 
 The test launches this file as a worker: `accelerate launch --multi_gpu --num_processes 2 tests/test_ddp.py
-OUT NORMALIZER` (on a machine without CUDA, two CPU processes over gloo). Each rank trains one optimizer step (2 samples x 2 accumulation steps per rank) through
-`build_trainer(...).train()`, the path the pipeline uses, and saves the samples it saw and the gradients
-before the optimizer step. The test checks that every rank holds the same gradients, that the ranks saw the
-whole batch between them, and that the gradients and logged loss are those of sum(w * nll) / normalizer
-over the whole batch, computed directly in one process.
+OUT NORMALIZER` (on a machine without CUDA, two CPU processes over gloo). Each rank trains one optimizer
+step (2 samples x 2 accumulation steps per rank) through `build_trainer(...).train()`, the path the
+pipeline uses, and saves the samples it saw and the gradients before the optimizer step. The test checks
+that every rank holds the same gradients, that the ranks saw the whole batch between them, and that the
+gradients and logged loss are those of sum(w * nll) / normalizer over the whole batch, computed directly
+in one process.
 """
 
 from __future__ import annotations
@@ -27,14 +28,25 @@ def _worker(out_dir: str, normalizer: str) -> None:
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from tests.test_training import TOKENIZER, _cfg, _model, _samples
     from sft_sweeps.training import build_trainer
+    from tests.test_training import TOKENIZER, _cfg, _model, _samples
 
     rows = [{**r, "id": i} for i, r in enumerate(_samples(LENGTHS))]
-    cfg = _cfg(per_device_train_batch_size=2, gradient_accumulation_steps=2, loss_normalizer=normalizer,
-               max_grad_norm=0.0, train_sampling_strategy="random")  # no clipping: compare raw gradients
-    trainer = build_trainer(_model(), TOKENIZER, Dataset.from_list(rows).select_columns(["input_ids", "weights"]),
-                            cfg, seed=0, output_dir=f"{out_dir}/trainer")
+    cfg = _cfg(
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        loss_normalizer=normalizer,
+        max_grad_norm=0.0,  # no clipping: compare raw gradients
+        train_sampling_strategy="random",
+    )
+    trainer = build_trainer(
+        _model(),
+        TOKENIZER,
+        Dataset.from_list(rows).select_columns(["input_ids", "weights"]),
+        cfg,
+        seed=0,
+        output_dir=f"{out_dir}/trainer",
+    )
     by_ids = {tuple(r["input_ids"]): r["id"] for r in rows}
     collate, seen, grads = trainer.data_collator, [], {}
 
@@ -44,14 +56,18 @@ def _worker(out_dir: str, normalizer: str) -> None:
 
     class KeepGrads(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            grads.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+            grads.update(
+                {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+            )
 
     trainer.data_collator = recording
     trainer.add_callback(KeepGrads())
     output = trainer.train()
     rank = trainer.args.process_index
-    torch.save({"world_size": trainer.args.world_size, "seen": seen, "grads": grads, "loss": output.training_loss},
-               f"{out_dir}/rank{rank}.pt")
+    torch.save(
+        {"world_size": trainer.args.world_size, "seen": seen, "grads": grads, "loss": output.training_loss},
+        f"{out_dir}/rank{rank}.pt",
+    )
 
 
 @pytest.mark.slow
@@ -63,10 +79,16 @@ def test_two_process_ddp_step_equals_one_process_reference(normalizer: str, tmp_
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     # `--cpu` would start a single process (accelerate needs mpirun for several CPU processes); `--multi_gpu`
     # starts them with torchrun, and without CUDA each process joins a gloo group on the CPU.
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    done = subprocess.run([*launch, __file__, str(tmp_path), normalizer], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    done = subprocess.run(
+        [*launch, __file__, str(tmp_path), normalizer],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]

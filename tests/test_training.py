@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from omegaconf import OmegaConf
 from torch.testing import assert_close
 from transformers import set_seed
 from trl import SFTTrainer
@@ -58,7 +59,11 @@ def _cfg(**overrides) -> TrainConfig:
 
 def _trainer(rows: list[dict], tmp_path: Path, model=None, **overrides):
     return build_trainer(
-        model if model is not None else _model(), TOKENIZER, Dataset.from_list(rows), _cfg(**overrides), seed=0,
+        model if model is not None else _model(),
+        TOKENIZER,
+        Dataset.from_list(rows),
+        _cfg(**overrides),
+        seed=0,
         output_dir=str(tmp_path / "trainer"),
     )
 
@@ -87,7 +92,9 @@ def _reference_loss(model: torch.nn.Module, rows: list[dict], normalizer: LossNo
 
 def _one_optimizer_step_grads(trainer, accumulation: int) -> dict[str, torch.Tensor]:
     """Gradients of one optimizer step, through the Trainer's own batching, normalizer and training_step."""
-    batches, num_items = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), accumulation, trainer.args.device)
+    batches, num_items = trainer.get_batch_samples(
+        iter(trainer.get_train_dataloader()), accumulation, trainer.args.device
+    )
     assert len(batches) == accumulation
     trainer.model.zero_grad()
     for batch in batches:
@@ -101,10 +108,17 @@ def test_accumulation_4x1_equals_1x4_equals_direct_computation(
     normalizer: LossNormalizer, padding_free: bool, tmp_path: Path
 ) -> None:
     rows = _samples()
-    one_batch = _trainer(rows, tmp_path, per_device_train_batch_size=4, loss_normalizer=normalizer,
-                         padding_free=padding_free)
-    accumulated = _trainer(rows, tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=4,
-                           loss_normalizer=normalizer, padding_free=padding_free)
+    one_batch = _trainer(
+        rows, tmp_path, per_device_train_batch_size=4, loss_normalizer=normalizer, padding_free=padding_free
+    )
+    accumulated = _trainer(
+        rows,
+        tmp_path,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=4,
+        loss_normalizer=normalizer,
+        padding_free=padding_free,
+    )
     grads_one = _one_optimizer_step_grads(one_batch, accumulation=1)
     grads_acc = _one_optimizer_step_grads(accumulated, accumulation=4)
 
@@ -145,7 +159,9 @@ def test_collator_aligns_weights_with_labels_token_by_token() -> None:
             expected_ids, expected_w = [flat_ids], [flat_w]
         else:
             width = max(LENGTHS)
-            expected_ids = [r["input_ids"] + [TOKENIZER.pad_token_id] * (width - len(r["input_ids"])) for r in rows]
+            expected_ids = [
+                r["input_ids"] + [TOKENIZER.pad_token_id] * (width - len(r["input_ids"])) for r in rows
+            ]
             expected_w = [r["weights"] + [0.0] * (width - len(r["weights"])) for r in rows]
         assert batch["input_ids"].tolist() == expected_ids
         assert_close(batch["weights"], torch.tensor(expected_w))
@@ -159,14 +175,21 @@ def test_collator_aligns_weights_with_labels_token_by_token() -> None:
 def test_binary_weights_give_trls_own_loss_and_gradients(padding_free: bool, tmp_path: Path) -> None:
     rows = _samples(binary=True)
     ours = _trainer(rows, tmp_path, per_device_train_batch_size=4, padding_free=padding_free)
-    trl_rows = [{"input_ids": r["input_ids"], "labels": [t if w else -100 for t, w in zip(r["input_ids"], r["weights"])]}
-                for r in rows]
+    trl_rows = [
+        {
+            "input_ids": r["input_ids"],
+            "labels": [t if w else -100 for t, w in zip(r["input_ids"], r["weights"], strict=True)],
+        }
+        for r in rows
+    ]
     plain = SFTTrainer(
         model=_model(),
         args=make_sft_config(_cfg(per_device_train_batch_size=4), seed=0, output_dir=str(tmp_path / "trl")),
         train_dataset=Dataset.from_list(trl_rows),
         processing_class=TOKENIZER,
-        data_collator=DataCollatorForLanguageModeling(pad_token_id=TOKENIZER.pad_token_id, padding_free=padding_free),
+        data_collator=DataCollatorForLanguageModeling(
+            pad_token_id=TOKENIZER.pad_token_id, padding_free=padding_free
+        ),
     )
     batch = next(iter(ours.get_train_dataloader()))
     trl_batch = next(iter(plain.get_train_dataloader()))
@@ -182,7 +205,9 @@ def test_binary_weights_give_trls_own_loss_and_gradients(padding_free: bool, tmp
         ours.model.zero_grad()
         plain.model.zero_grad()
         loss_ours = ours.compute_loss(ours.model, dict(batch), num_items_in_batch=num_items)
-        loss_trl = plain.compute_loss(plain.model, dict(trl_batch), num_items_in_batch=n_trl if num_items else None)
+        loss_trl = plain.compute_loss(
+            plain.model, dict(trl_batch), num_items_in_batch=None if num_items is None else n_trl
+        )
         assert_close(loss_ours, loss_trl, rtol=1e-6, atol=1e-7)
         loss_ours.backward()
         loss_trl.backward()
@@ -209,10 +234,10 @@ def test_padding_free_never_attends_across_conversations(attn: str, tmp_path: Pa
     changed = [{**rows[0], "input_ids": [(t + 17) % 240 + 10 for t in rows[0]["input_ids"]]}, *rows[1:]]
     before, after = _packed_log_probs(trainer, rows), _packed_log_probs(trainer, changed)
     first = LENGTHS[0]
-    # log_probs[t] scores token t+1; from t = first on, everything scored and seen belongs to conversations 2..
+    # log_probs[t] scores token t+1; from t = first on, what is scored and seen is conversations 2.. only
     assert not torch.allclose(before[: first - 1], after[: first - 1])  # the change reached conversation 1
     assert_close(after[first:], before[first:], rtol=0, atol=1e-6)
-    # and each conversation scores as it does alone; the first token of each is not scored (nothing precedes it)
+    # and each conversation scores as it does alone; its first token is not scored (nothing precedes it)
     start = 0
     for r in rows:
         n = len(r["input_ids"])
@@ -230,8 +255,14 @@ def test_padding_free_loss_equals_padded_loss(attn: str, normalizer: LossNormali
     rows = _samples()
     losses = {}
     for padding_free in (False, True):
-        trainer = _trainer(rows, tmp_path, model=_model(attn), per_device_train_batch_size=4,
-                           loss_normalizer=normalizer, padding_free=padding_free)
+        trainer = _trainer(
+            rows,
+            tmp_path,
+            model=_model(attn),
+            per_device_train_batch_size=4,
+            loss_normalizer=normalizer,
+            padding_free=padding_free,
+        )
         batch = next(iter(trainer.get_train_dataloader()))
         trainer.model.eval()
         with torch.no_grad():
@@ -243,17 +274,18 @@ def test_padding_free_loss_equals_padded_loss(attn: str, normalizer: LossNormali
 
 def test_loss_normalizer_is_part_of_the_recorded_config() -> None:
     cfg = compose_config(["train.loss_normalizer=tokens"])
-    from omegaconf import OmegaConf
-
+    # what the pipeline writes to result.json as `config`
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     assert resolved["train"]["loss_normalizer"] == "tokens"
     assert compose_config([]).train.loss_normalizer == LossNormalizer.weight_sum
 
 
-def _seen_order(weights_of, tmp_path: Path, sampling: str) -> list[list[int]]:
-    """Train a few steps and return each batch's samples (identified by length and first token), as collated."""
+def _seen_order(weights_of, tmp_path: Path, sampling: str) -> list[list[tuple[int, int]]]:
+    """Train a few steps; return each collated batch's samples, identified by length and first token."""
     rows = [{"input_ids": r["input_ids"], "weights": weights_of(r)} for r in _samples(lengths=range(5, 13))]
-    trainer = _trainer(rows, tmp_path, max_steps=6, per_device_train_batch_size=2, train_sampling_strategy=sampling)
+    trainer = _trainer(
+        rows, tmp_path, max_steps=6, per_device_train_batch_size=2, train_sampling_strategy=sampling
+    )
     collate, seen = trainer.data_collator, []
 
     def recording(examples: list[dict]) -> dict:
@@ -277,8 +309,14 @@ def test_same_seed_gives_every_strategy_the_same_data_order(sampling: str, tmp_p
 
 def test_lora_trains_the_adapters_and_leaves_the_base_weights(tmp_path: Path) -> None:
     rows = _samples()
-    trainer = _trainer(rows, tmp_path, max_steps=3, per_device_train_batch_size=2, warmup_ratio=0.0,
-                       lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    trainer = _trainer(
+        rows,
+        tmp_path,
+        max_steps=3,
+        per_device_train_batch_size=2,
+        warmup_ratio=0.0,
+        lora=LoraConfig(r=4, alpha=8, dropout=0.0),
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     after = dict(trainer.model.named_parameters())
@@ -289,3 +327,29 @@ def test_lora_trains_the_adapters_and_leaves_the_base_weights(tmp_path: Path) ->
     assert any(not torch.equal(before[n], after[n].detach()) for n in adapters if "lora_A" in n)
     base = [n for n in before if "lora_" not in n]
     assert base and all(torch.equal(before[n], after[n].detach()) for n in base)
+
+
+def test_training_logs_trls_token_metrics(tmp_path: Path) -> None:
+    rows = _samples()
+    trainer = _trainer(rows, tmp_path, max_steps=2, per_device_train_batch_size=2)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["num_tokens"] for entry in logs] == [sum(LENGTHS[:2]), sum(LENGTHS)]  # non-pad tokens seen
+    assert all(0.0 <= entry["mean_token_accuracy"] <= 1.0 and entry["entropy"] > 0 for entry in logs)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"input_ids": [5, 6, 7], "weights": [1.0, 1.0]}, "sample 1 of the batch: 2 weights for 3 input_ids"),
+        (
+            {"input_ids": [5, 6, 7], "weights": [1.0, -0.5, 1.0]},
+            "sample 1 of the batch: weights must be finite",
+        ),
+        ({"input_ids": [5, 6, 7], "weights": [1.0, float("nan"), 1.0]}, "weights must be finite and >= 0"),
+    ],
+)
+def test_collator_rejects_misaligned_or_invalid_weights(bad: dict, message: str) -> None:
+    good = {"input_ids": [1, 2], "weights": [0.0, 1.0]}
+    with pytest.raises(ValueError, match=message):
+        WeightedCollator(pad_token_id=TOKENIZER.pad_token_id)([good, bad])
