@@ -26,7 +26,7 @@ def _check(ok: bool, key: str, message: str, value: Any) -> None:
         raise ConfigError(f"{key} {message}, got {value!r}")
 
 
-class Strategy(str, enum.Enum):
+class Strategy(enum.StrEnum):
     """Which tokens the loss sees. See `sft_sweeps.masking.loss_weights` for the exact weights."""
 
     full = "full"  # every token, prompt and template included
@@ -35,7 +35,7 @@ class Strategy(str, enum.Enum):
     weighted = "weighted"  # fractional weights: prompt weight, turn schedule, per-message weights
 
 
-class TurnSchedule(str, enum.Enum):
+class TurnSchedule(enum.StrEnum):
     constant = "constant"
     decay = "decay"  # weight turn_decay**k for the assistant turn k places before the last
 
@@ -56,7 +56,9 @@ class MaskingConfig:
     expand_turns: bool = False
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.prompt_weight <= 1.0, "masking.prompt_weight", "must be in [0, 1]", self.prompt_weight)
+        _check(
+            0.0 <= self.prompt_weight <= 1.0, "masking.prompt_weight", "must be in [0, 1]", self.prompt_weight
+        )
         _check(0.0 < self.turn_decay <= 1.0, "masking.turn_decay", "must be in (0, 1]", self.turn_decay)
 
 
@@ -101,11 +103,19 @@ class ModelConfig:
         dtypes = ("float32", "bfloat16", "float16", "auto")
         _check(self.dtype in dtypes, "model.dtype", f"must be one of {dtypes}", self.dtype)
         # model=hf exists to take a user's model id, so it has no default to fall back on.
-        _check(self.name != "hf" or self.pretrained is not None, "model.pretrained",
-               "is required with model=hf (a hub id or local path)", self.pretrained)
+        _check(
+            self.name != "hf" or self.pretrained is not None,
+            "model.pretrained",
+            "is required with model=hf (a hub id or local path)",
+            self.pretrained,
+        )
         if self.tokenizer is None:
-            _check(self.pretrained is not None, "model.tokenizer", "is null but model.pretrained is null too",
-                   self.tokenizer)
+            _check(
+                self.pretrained is not None,
+                "model.tokenizer",
+                "is null but model.pretrained is null too",
+                self.tokenizer,
+            )
             self.tokenizer = self.pretrained
 
 
@@ -150,8 +160,18 @@ class DatasetConfig:
         _check(self.source in sources, "dataset.source", f"must be one of {sources}", self.source)
         formats = ("auto", "messages", "sharegpt", "prompt_completion")
         _check(self.format in formats, "dataset.format", f"must be one of {formats}", self.format)
-        _check(self.on_invalid in ("error", "skip"), "dataset.on_invalid", "must be error or skip", self.on_invalid)
-        _check(1 <= self.min_turns <= self.max_turns, "dataset.min_turns", "must be in [1, max_turns]", self.min_turns)
+        _check(
+            self.on_invalid in ("error", "skip"),
+            "dataset.on_invalid",
+            "must be error or skip",
+            self.on_invalid,
+        )
+        _check(
+            1 <= self.min_turns <= self.max_turns,
+            "dataset.min_turns",
+            "must be in [1, max_turns]",
+            self.min_turns,
+        )
         for key in ("num_train", "num_validation", "num_test"):
             _check(getattr(self, key) >= 0, f"dataset.{key}", "must be >= 0", getattr(self, key))
         _check(self.num_train > 0, "dataset.num_train", "must be > 0", self.num_train)
@@ -161,7 +181,7 @@ class DatasetConfig:
             _check(self.path is not None, "dataset.path", f"is required for source={self.source}", self.path)
 
 
-class LossNormalizer(str, enum.Enum):
+class LossNormalizer(enum.StrEnum):
     weight_sum = "weight_sum"  # sum of weights in the optimizer step; for 0/1 masks this is TRL's token mean
     tokens = "tokens"  # non-pad tokens: a fixed scale, so fewer supervised tokens give smaller gradients
     sequences = "sequences"  # number of sequences in the optimizer step
@@ -177,7 +197,7 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    """The fields of TRL's `SFTConfig` we expose (`conf/train/*.yaml`); `sft_sweeps.training` builds SFTConfig."""
+    """The fields of TRL's `SFTConfig` we expose (`conf/train/*.yaml`); `sft_sweeps.training` builds it."""
 
     name: str = "default"
     max_steps: int = 400
@@ -212,11 +232,18 @@ class TrainConfig:
         _check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
         samplers = ("random", "group_by_length", "sequential")
         _check(
-            self.train_sampling_strategy in samplers, "train.train_sampling_strategy", f"must be one of {samplers}",
+            self.train_sampling_strategy in samplers,
+            "train.train_sampling_strategy",
+            f"must be one of {samplers}",
             self.train_sampling_strategy,
         )
         modes = ("keep_start", "keep_end")
-        _check(self.truncation_mode in modes, "train.truncation_mode", f"must be one of {modes}", self.truncation_mode)
+        _check(
+            self.truncation_mode in modes,
+            "train.truncation_mode",
+            f"must be one of {modes}",
+            self.truncation_mode,
+        )
 
 
 @dataclass
@@ -228,7 +255,7 @@ class EvalConfig:
     max_conversations: int | None = 200
     batch_size: int = 64
     max_new_tokens: int = 32
-    # Extra lm-eval tasks run with `simple_evaluate` on the trained model (e.g. ifeval, gsm8k; need data access).
+    # Extra lm-eval tasks run by `simple_evaluate` on the trained model (ifeval, gsm8k: need data access).
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_limit: int | None = None
     # For `python -m sft_sweeps.evaluate`: the saved model to score.

@@ -8,6 +8,7 @@ already says `done` for the same config hash is skipped, so rerunning a sweep re
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -24,9 +25,16 @@ from sft_sweeps.data import load_splits
 from sft_sweeps.evaluation import evaluate, run_lm_eval
 from sft_sweeps.masking import build_dataset
 from sft_sweeps.modeling import build_model, count_parameters
-from sft_sweeps.record import RECORD_NAME, config_hash, git_commit, package_versions, read_record, write_json_atomic
+from sft_sweeps.record import (
+    RECORD_NAME,
+    config_hash,
+    git_commit,
+    package_versions,
+    read_record,
+    write_json_atomic,
+)
 from sft_sweeps.tokenizer import load_tokenizer
-from sft_sweeps.tracking import make_tracker, run_group
+from sft_sweeps.tracking import Tracker, make_tracker, run_group
 from sft_sweeps.training import ProgressCallback, build_trainer
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,9 @@ def run(cfg: DictConfig, run_dir: str | None = None) -> dict[str, Any]:
     """
     settings = validate(cfg)
     run_dir = run_dir or HydraConfig.get().runtime.output_dir
+    if not _is_main_process():  # DDP (accelerate launch / torchrun): rank 0 records, tracks and evaluates
+        _train_and_evaluate(settings, run_dir, Tracker(None))
+        return {}
     chash = config_hash(cfg)
     previous = read_record(run_dir)
     if cfg.resume and previous and previous.get("status") == "done" and previous.get("config_hash") == chash:
@@ -67,7 +78,10 @@ def run(cfg: DictConfig, run_dir: str | None = None) -> dict[str, Any]:
     }
     previous_wandb = (previous or {}).get("wandb") or {}
     tracker = make_tracker(cfg, run_dir, run_id=previous_wandb.get("run_id"))
-    record["wandb"] = {"run_id": tracker.run_id, "mode": cfg.logger.mode if cfg.logger.backend == "wandb" else None}
+    record["wandb"] = {
+        "run_id": tracker.run_id,
+        "mode": cfg.logger.mode if cfg.logger.backend == "wandb" else None,
+    }
     write_json_atomic(Path(run_dir) / RECORD_NAME, record)
 
     start = time.monotonic()
@@ -93,10 +107,19 @@ def _train_and_evaluate(settings: Config, run_dir: str, tracker) -> dict[str, An
     tokenizer = load_tokenizer(settings.model.tokenizer, settings.model.trust_remote_code)
 
     splits = load_splits(settings.dataset)
-    log.info("data: %s train / %s validation / %s test conversations, fingerprint %s",
-             len(splits.train), len(splits.validation), len(splits.test), splits.fingerprint[:12])
+    log.info(
+        "data: %s train / %s validation / %s test conversations, fingerprint %s",
+        len(splits.train),
+        len(splits.validation),
+        len(splits.test),
+        splits.fingerprint[:12],
+    )
     train_dataset, masking_stats = build_dataset(
-        tokenizer, splits.train, settings.masking, settings.train.max_length, settings.train.truncation_mode,
+        tokenizer,
+        splits.train,
+        settings.masking,
+        settings.train.max_length,
+        settings.train.truncation_mode,
         cache_dir=settings.cache_dir,
     )
     log.info("masking %s: %s", label, masking_stats.to_dict())
@@ -105,12 +128,18 @@ def _train_and_evaluate(settings: Config, run_dir: str, tracker) -> dict[str, An
     set_seed(settings.seed)  # the same init for every strategy, whatever data preparation consumed
     model = build_model(settings.model, tokenizer)
     trainer = build_trainer(
-        model, tokenizer, train_dataset, settings.train, settings.seed,
+        model,
+        tokenizer,
+        train_dataset,
+        settings.train,
+        settings.seed,
         output_dir=str(Path(run_dir) / "trainer"),
         callbacks=[cb for cb in (ProgressCallback(label), tracker.callback()) if cb is not None],
     )
     train_output = trainer.train()
     model = trainer.model
+    if not _is_main_process():
+        return {}
 
     model_path = None
     if settings.train.save_model:
@@ -130,22 +159,40 @@ def _train_and_evaluate(settings: Config, run_dir: str, tracker) -> dict[str, An
     lm_eval_results = None
     if settings.eval.lm_eval_tasks:
         lm_eval_results = run_lm_eval(
-            model, tokenizer, list(settings.eval.lm_eval_tasks), settings.eval.lm_eval_limit, settings.eval.batch_size
+            model,
+            tokenizer,
+            list(settings.eval.lm_eval_tasks),
+            settings.eval.lm_eval_limit,
+            settings.eval.batch_size,
         )
     tracker.log_summary(metrics)
     tracker.log_summary(
-        {f"by_depth/{name}/{depth}": value for name, values in eval_result.by_depth.items() for depth, value in values.items()}
+        {
+            f"by_depth/{name}/{depth}": value
+            for name, values in eval_result.by_depth.items()
+            for depth, value in values.items()
+        }
     )
     tracker.log_table("eval_items", eval_result.items)
     log.info("%s: %s", label, {k: round(v, 4) for k, v in metrics.items()})
     return {
         "metrics": metrics,
-        "by_depth": {name: {str(d): v for d, v in values.items()} for name, values in eval_result.by_depth.items()},
+        "by_depth": {
+            name: {str(d): v for d, v in values.items()} for name, values in eval_result.by_depth.items()
+        },
         "eval_items": eval_result.items,
         "lm_eval": lm_eval_results,
-        "data": {"fingerprint": splits.fingerprint, "stats": splits.stats, "masking": masking_stats.to_dict()},
+        "data": {
+            "fingerprint": splits.fingerprint,
+            "stats": splits.stats,
+            "masking": masking_stats.to_dict(),
+        },
         "model_path": model_path,
     }
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _overrides() -> list[str]:

@@ -19,8 +19,20 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 RECORD_NAME = "result.json"
-PACKAGES = ("sft_sweeps", "torch", "transformers", "trl", "datasets", "peft", "accelerate", "hydra-core",
-            "omegaconf", "wandb", "lm_eval", "tokenizers")
+PACKAGES = (
+    "sft_sweeps",
+    "torch",
+    "transformers",
+    "trl",
+    "datasets",
+    "peft",
+    "accelerate",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "lm_eval",
+    "tokenizers",
+)
 # Keys that change how a run is observed, not what it computes: excluded from the config hash.
 _UNHASHED_KEYS = ("logger", "resume", "cache_dir", "inspect")
 
@@ -77,7 +89,11 @@ def git_commit() -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=source, capture_output=True, text=True, check=True, timeout=10,
+            cwd=source,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

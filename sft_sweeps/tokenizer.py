@@ -13,8 +13,8 @@ Example:
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers import AddedToken as RawAddedToken
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD, EOT, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -45,7 +45,9 @@ def build_embedded_tokenizer() -> PreTrainedTokenizerFast:
     raw = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     raw.decoder = decoders.ByteLevel()
-    raw.add_special_tokens([RawAddedToken(t, special=True, normalized=False) for t in (PAD, EOT, IM_START, IM_END)])
+    raw.add_special_tokens(
+        [RawAddedToken(t, special=True, normalized=False) for t in (PAD, EOT, IM_START, IM_END)]
+    )
     raw.add_tokens([RawAddedToken(role, special=False, normalized=False) for role in ROLES])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,

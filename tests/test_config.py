@@ -89,9 +89,21 @@ def test_every_multirun_template_composes(template: str) -> None:
 
     root = Path(CONF_DIR).parent
     out = subprocess.run(
-        [sys.executable, "-m", "sft_sweeps", "--config-dir", "multirun_templates", "--config-name", template,
-         "--cfg", "hydra"],
-        cwd=root, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "sft_sweeps",
+            "--config-dir",
+            "multirun_templates",
+            "--config-name",
+            template,
+            "--cfg",
+            "hydra",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "mode: MULTIRUN" in out.stdout

@@ -20,10 +20,21 @@ ROOT = Path(CONF_DIR).parent
 
 def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sft_sweeps", *args, *TINY_OVERRIDES, "logger=none",
-         f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}",
-         f"cache_dir={tmp_path / 'cache'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "sft_sweeps",
+            *args,
+            *TINY_OVERRIDES,
+            "logger=none",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"cache_dir={tmp_path / 'cache'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -81,8 +92,12 @@ def test_result_json_holds_what_a_paper_table_needs(cli_sweep) -> None:
     # The saved model and tokenizer load with plain transformers.
     model = AutoModelForCausalLM.from_pretrained(record["model_path"])
     tokenizer = AutoTokenizer.from_pretrained(record["model_path"])
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "a=1 b=2 c=3"}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "a=1 b=2 c=3"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         assert model(**ids).logits.shape[-1] == len(tokenizer)
 

@@ -21,8 +21,17 @@ ROOT = Path(CONF_DIR).parent
 
 
 def _sweep_command(tmp_path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "sft_sweeps", "-m", *args, *TINY_OVERRIDES, "logger=none",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache_dir={tmp_path / 'cache'}"]
+    return [
+        sys.executable,
+        "-m",
+        "sft_sweeps",
+        "-m",
+        *args,
+        *TINY_OVERRIDES,
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
 
 
 def _statuses(sweep_dir: Path) -> dict[str, str]:
@@ -32,8 +41,13 @@ def _statuses(sweep_dir: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_jobs_in_their_own_processes(tmp_path: Path) -> None:
     out = subprocess.run(
-        _sweep_command(tmp_path, "masking=last,all", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"),
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        _sweep_command(
+            tmp_path, "masking=last,all", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert _statuses(tmp_path / "sweep") == {"last": "done", "all": "done"}
@@ -46,8 +60,9 @@ def test_submitit_local_launcher_runs_jobs_in_their_own_processes(tmp_path: Path
 def test_a_sweep_killed_midway_loses_nothing_and_resumes(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     command = _sweep_command(tmp_path, "masking=full,last,all")
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while "done" not in _statuses(sweep_dir).values():
         assert process.poll() is None and time.monotonic() < deadline, "the first job never finished"
@@ -55,7 +70,11 @@ def test_a_sweep_killed_midway_loses_nothing_and_resumes(tmp_path: Path) -> None
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
-    finished = {p: p.read_bytes() for p in sweep_dir.glob(f"*/{RECORD_NAME}") if read_record(p.parent)["status"] == "done"}
+    finished = {
+        p: p.read_bytes()
+        for p in sweep_dir.glob(f"*/{RECORD_NAME}")
+        if read_record(p.parent)["status"] == "done"
+    }
     assert finished, "a done record must survive the kill"
     for path in sweep_dir.glob(f"*/{RECORD_NAME}"):
         json.loads(path.read_text())  # every record on disk is whole, killed or not
