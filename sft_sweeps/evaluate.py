@@ -52,7 +52,7 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sft_sweeps.data import load_splits
-    from sft_sweeps.evaluation import evaluate, run_lm_eval
+    from sft_sweeps.evaluation import evaluate, run_configured_lm_eval
     from sft_sweeps.record import write_json_atomic
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=settings.model.trust_remote_code)
@@ -77,15 +77,7 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         splits.fingerprint[:12],
     )
     result = evaluate(model, tokenizer, splits.test, settings.eval)
-    lm_eval_results = None
-    if settings.eval.lm_eval_tasks:
-        lm_eval_results = run_lm_eval(
-            model,
-            tokenizer,
-            list(settings.eval.lm_eval_tasks),
-            settings.eval.lm_eval_limit,
-            settings.eval.batch_size,
-        )
+    lm_eval_results = run_configured_lm_eval(model, tokenizer, settings.eval)
     data = result.to_dict()
     record = {
         "model_path": str(model_path),

@@ -22,7 +22,7 @@ from transformers import set_seed
 
 from sft_sweeps.config import Config, validate
 from sft_sweeps.data import load_splits
-from sft_sweeps.evaluation import evaluate, run_lm_eval
+from sft_sweeps.evaluation import evaluate, run_configured_lm_eval
 from sft_sweeps.masking import build_dataset
 from sft_sweeps.modeling import build_model, count_parameters
 from sft_sweeps.record import (
@@ -156,15 +156,7 @@ def _train_and_evaluate(settings: Config, run_dir: str, tracker) -> dict[str, An
         "train_steps": float(train_output.global_step),
         "num_parameters": float(count_parameters(model)),
     }
-    lm_eval_results = None
-    if settings.eval.lm_eval_tasks:
-        lm_eval_results = run_lm_eval(
-            model,
-            tokenizer,
-            list(settings.eval.lm_eval_tasks),
-            settings.eval.lm_eval_limit,
-            settings.eval.batch_size,
-        )
+    lm_eval_results = run_configured_lm_eval(model, tokenizer, settings.eval)
     tracker.log_summary(metrics)
     tracker.log_summary(
         {

@@ -8,7 +8,7 @@ Example:
 """
 
 from sft_sweeps.evaluation.generation import Generation, generate, prompt_ids
-from sft_sweeps.evaluation.harness import LM_EVAL_TASKS_DIR, run_lm_eval
+from sft_sweeps.evaluation.harness import LM_EVAL_TASKS_DIR, run_configured_lm_eval, run_lm_eval
 from sft_sweeps.evaluation.multiturn import EvalResult, evaluate
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "evaluate",
     "generate",
     "prompt_ids",
+    "run_configured_lm_eval",
     "run_lm_eval",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sft_sweeps.config import EvalConfig
 from sft_sweeps.lm_eval_tasks import TASKS_DIR as LM_EVAL_TASKS_DIR
 
 # Keys of lm-eval's results kept in result.json; `configs` and `samples` are large and repeat the task files.
@@ -71,3 +72,12 @@ def run_lm_eval(
     )
     kept = {key: results[key] for key in _KEPT if key in results}
     return json.loads(json.dumps(kept, default=handle_non_serializable))
+
+
+def run_configured_lm_eval(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: EvalConfig
+) -> dict[str, Any] | None:
+    """`run_lm_eval` on `cfg.lm_eval_tasks` with its limit and batch size; None when it lists none."""
+    if not cfg.lm_eval_tasks:
+        return None
+    return run_lm_eval(model, tokenizer, list(cfg.lm_eval_tasks), cfg.lm_eval_limit, cfg.batch_size)
