@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -52,6 +53,22 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 
 @torch.no_grad()
+def pad_rows(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token-id rows to one width on `side` ("left" for generation, "right" for scoring).
+
+    Example:
+        >>> ids, mask = pad_rows([[5, 6], [7]], pad_id=0, side="left")
+        >>> ids.tolist(), mask.tolist()
+        ([[5, 6], [0, 7]], [[1, 1], [0, 1]])
+    """
+    tensors = [torch.tensor(row, dtype=torch.long) for row in rows]
+    input_ids = pad_sequence(tensors, batch_first=True, padding_value=pad_id, padding_side=side)
+    attention_mask = pad_sequence(
+        [torch.ones_like(t) for t in tensors], batch_first=True, padding_value=0, padding_side=side
+    )
+    return input_ids, attention_mask
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -82,12 +99,7 @@ def generate(
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            attention_mask[row, width - len(prompts[i]) :] = 1
+        input_ids, attention_mask = pad_rows([prompts[i] for i in batch], pad_id, side="left")
         output = model.generate(
             input_ids=input_ids.to(model.device),
             attention_mask=attention_mask.to(model.device),
@@ -102,7 +114,7 @@ def generate(
             eos_token_id=stops,
         )
         for row, i in enumerate(batch):
-            results[i] = _cut(output[row, width:].tolist(), stops, tokenizer)
+            results[i] = _cut(output[row, input_ids.shape[1] :].tolist(), stops, tokenizer)
         if on_batch is not None:
             on_batch(len(batch))
     return results  # type: ignore[return-value]

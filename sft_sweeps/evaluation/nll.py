@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from sft_sweeps.evaluation.generation import pad_rows
+
 
 @dataclass
 class TurnSpan:
@@ -72,12 +74,7 @@ def turn_nlls(
     order = sorted(range(len(conversations)), key=lambda i: len(conversations[i]))
     for begin in range(0, len(order), batch_size):
         batch = order[begin : begin + batch_size]
-        width = max(len(conversations[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            input_ids[row, : len(conversations[i])] = torch.tensor(conversations[i])
-            attention_mask[row, : len(conversations[i])] = 1
+        input_ids, attention_mask = pad_rows([conversations[i] for i in batch], pad_id, side="right")
         # Position p's logits predict token p + 1.
         positions = sorted({p - 1 for i in batch for span in spans[i] for p in range(span.start, span.end)})
         keep = torch.tensor(positions, dtype=torch.long, device=model.device)
