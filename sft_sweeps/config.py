@@ -204,7 +204,7 @@ class TrainConfig:
     per_device_train_batch_size: int = 32
     gradient_accumulation_steps: int = 1
     # From-scratch tiny models need a far higher rate than TRL's fine-tuning default of 2e-5.
-    learning_rate: float = 3e-3
+    learning_rate: float = 2e-3
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
