@@ -34,7 +34,7 @@ PACKAGES = (
     "tokenizers",
 )
 # Keys that change how a run is observed, not what it computes: excluded from the config hash.
-_UNHASHED_KEYS = ("logger", "resume", "cache_dir", "inspect")
+UNHASHED_KEYS = ("logger", "resume", "cache_dir", "inspect")
 
 
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
@@ -62,12 +62,15 @@ def read_record(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def config_digest(resolved: dict[str, Any], drop: tuple[str, ...], length: int) -> str:
+    """First `length` hex digits of sha256 over a resolved config's JSON, top-level `drop` keys left out."""
+    kept = {key: value for key, value in resolved.items() if key not in drop}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def config_hash(cfg: DictConfig) -> str:
     """sha256 of the resolved config without the keys that do not change what a run computes."""
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for key in _UNHASHED_KEYS:
-        resolved.pop(key, None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    return config_digest(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), UNHASHED_KEYS, 16)
 
 
 def package_versions() -> dict[str, str]:

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,11 +24,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sft_sweeps.record import UNHASHED_KEYS, config_digest
+
 log = logging.getLogger(__name__)
 
-# Keys that change how a run is observed or where it writes, not what it computes; `seed` is what varies
-# inside a group. Kept in line with `sft_sweeps.record._UNHASHED_KEYS`.
-_UNGROUPED_KEYS = ("seed", "sweep_name", "logger", "resume", "cache_dir", "inspect")
+# The keys the config hash leaves out, plus what varies inside a group (seed) or only names the sweep.
+_UNGROUPED_KEYS = ("seed", "sweep_name", *UNHASHED_KEYS)
 # Short names of the masking parameters in labels, in the order they are shown.
 _MASKING_ABBREV = {
     "prompt_weight": "pw",
@@ -95,10 +95,7 @@ def setting_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
 
     Two runs with the same hash differ only by seed (or by how they were observed).
     """
-    resolved = _as_dict(cfg)
-    for key in _UNGROUPED_KEYS:
-        resolved.pop(key, None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return config_digest(_as_dict(cfg), _UNGROUPED_KEYS, 8)
 
 
 def run_group(cfg: DictConfig | Mapping[str, Any]) -> str:
