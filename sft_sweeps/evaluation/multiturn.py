@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft_sweeps.config import EvalConfig
 from sft_sweeps.evaluation.generation import Generation, generate, prompt_ids, stop_token_ids
-from sft_sweeps.evaluation.nll import assistant_spans, turn_nlls
+from sft_sweeps.evaluation.nll import assistant_spans, windowed_turn_nlls
 from sft_sweeps.tasks import TASKS
 
 
@@ -79,8 +79,10 @@ def evaluate(
     conversations: list[dict],
     cfg: EvalConfig,
     progress: bool = True,
+    window: int | None = None,
 ) -> EvalResult:
-    """Score a model on held-out conversations with greedy, batched generation.
+    """Both halves of the held-out evaluation, items merged per (conversation, turn): `evaluate_synthetic`
+    (exact match, stop rate, conversation success) and `evaluate_nll` (assistant NLL).
 
     Args:
         model: a causal LM in eval mode, on the device to run on.
@@ -89,6 +91,7 @@ def evaluate(
             `cfg.max_conversations` are scored.
         cfg: batch size, generation budget and how many conversations to score.
         progress: show rich progress bars.
+        window: the longest token sequence fed to the model (the training `max_length`); None: no limit.
 
     Returns:
         An `EvalResult`; see the module docstring for what each metric means.
@@ -96,16 +99,103 @@ def evaluate(
     Raises:
         ValueError: a record has no `messages` list, a message no role or content, or no assistant message.
     """
-    records = conversations if cfg.max_conversations is None else conversations[: cfg.max_conversations]
-    convs = [_parse(record, position) for position, record in enumerate(records)]
-    duplicates = sorted(i for i, n in Counter(c.id for c in convs).items() if n > 1)
-    if duplicates:
-        raise ValueError(f"eval records: field 'id' must be unique, repeated: {duplicates[:5]}")
+    synthetic = evaluate_synthetic(model, tokenizer, conversations, cfg, progress, window)
+    nll = evaluate_nll(model, tokenizer, conversations, cfg, progress, window)
+    generated = {(item["id"], item["turn"]): item for item in synthetic.items}
+    items = [{**item, **generated.get((item["id"], item["turn"]), _NOT_GENERATED)} for item in nll.items]
+    metrics = {**nll.metrics, **synthetic.metrics}
+    metrics["num_conversations"] = nll.metrics["num_nll_conversations"]
+    metrics["num_nll_only_conversations"] = metrics["num_conversations"] - synthetic.metrics.get(
+        "num_conversations", 0.0
+    )
+    return EvalResult(metrics=metrics, by_depth={**nll.by_depth, **synthetic.by_depth}, items=items)
+
+
+_NOT_GENERATED = {
+    "correct": None,
+    "stopped": None,
+    "prediction": None,
+    "own_correct": None,
+    "own_prediction": None,
+}
+
+
+def evaluate_synthetic(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[dict],
+    cfg: EvalConfig,
+    progress: bool = True,
+    window: int | None = None,
+) -> EvalResult:
+    """Exact match on the conversations of known synthetic tasks, with gold and with own history.
+
+    Records of other tasks (real chats) are skipped: exact match means nothing on open-ended answers.
+    Arguments and errors as for `evaluate`. Items: `id`, `task`, `turn`, `gold`, `correct`, `stopped`,
+    `prediction`, `own_correct`, `own_prediction`, `prompt_cut`.
+    """
+    convs = [c for c in _parse_all(conversations, cfg) if c.task is not None]
+    gold_prompts = _turn_prompts(tokenizer, convs)
+    with Progress(disable=not progress, transient=True) as bars:
+        gen_bar = bars.add_task("generate (gold history)", total=sum(len(c.turns) for c in convs))
+        flat = [(ci, t) for ci, c in enumerate(convs) for t in range(len(c.turns))]
+        outputs = generate(
+            model,
+            tokenizer,
+            [gold_prompts[ci][t] for ci, t in flat],
+            cfg.batch_size,
+            cfg.max_new_tokens,
+            _advance(bars, gen_bar),
+            window,
+        )
+        gold_gen = dict(zip(flat, outputs, strict=True))
+        own_bar = bars.add_task("generate (own history)", total=len(flat))
+        own_gen = _own_history(
+            model, tokenizer, convs, gold_prompts, gold_gen, cfg, _advance(bars, own_bar), window
+        )
+    items = []
+    for ci, c in enumerate(convs):
+        for t, message_index in enumerate(c.turns):
+            gold, own = gold_gen[(ci, t)], own_gen[(ci, t)]
+            reference = c.messages[message_index]["content"]
+            items.append(
+                {
+                    "id": c.id,
+                    "task": c.task,
+                    "turn": t + 1,
+                    "gold": reference,
+                    "correct": exact_match(gold.text, reference),
+                    "stopped": gold.stopped,
+                    "prediction": gold.text,
+                    "own_correct": exact_match(own.text, reference),
+                    "own_prediction": own.text,
+                    "prompt_cut": gold.prompt_cut,
+                }
+            )
+    metrics, by_depth = _aggregate(items, _generation_means)
+    if items:
+        metrics["num_truncated_prompts"] = float(sum(item["prompt_cut"] > 0 for item in items))
+    return EvalResult(metrics=metrics, by_depth=by_depth, items=items)
+
+
+def evaluate_nll(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[dict],
+    cfg: EvalConfig,
+    progress: bool = True,
+    window: int | None = None,
+) -> EvalResult:
+    """Teacher-forced NLL of every assistant turn of every conversation, in windows of `window` tokens.
+
+    Arguments and errors as for `evaluate`. Items: `id`, `task`, `turn`, `gold`, `nll` (per token),
+    `num_tokens`, `cut_tokens`, `windowed`. Metrics: `assistant_nll` (a mean over tokens, not turns),
+    `num_scored_tokens`, `num_cut_tokens`, `num_windowed_turns`, `num_nll_conversations`.
+    """
+    convs = _parse_all(conversations, cfg)
     stops = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     gold_prompts = _turn_prompts(tokenizer, convs)
-    scored = [c for c in convs if c.task is not None]
-
     with Progress(disable=not progress, transient=True) as bars:
         nll_bar = bars.add_task("assistant NLL", total=len(convs))
         full_ids = (
@@ -117,58 +207,48 @@ def evaluate(
             assistant_spans(ids, prompts, stops, c.id)
             for ids, prompts, c in zip(full_ids, gold_prompts, convs, strict=True)
         ]
-        nlls = turn_nlls(model, full_ids, spans, pad_id, cfg.batch_size, _advance(bars, nll_bar))
-
-        gen_bar = bars.add_task("generate (gold history)", total=sum(len(c.turns) for c in scored))
-        flat = [(ci, t) for ci, c in enumerate(convs) if c.task is not None for t in range(len(c.turns))]
-        outputs = generate(
-            model,
-            tokenizer,
-            [gold_prompts[ci][t] for ci, t in flat],
-            cfg.batch_size,
-            cfg.max_new_tokens,
-            _advance(bars, gen_bar),
+        longest = max((len(ids) for ids in full_ids), default=2)
+        nlls = windowed_turn_nlls(
+            model, full_ids, spans, pad_id, cfg.batch_size, window or longest, _advance(bars, nll_bar)
         )
-        gold_gen = dict(zip(flat, outputs, strict=True))
-
-        own_bar = bars.add_task("generate (own history)", total=sum(len(c.turns) for c in scored))
-        own_gen = _own_history(model, tokenizer, convs, gold_prompts, gold_gen, cfg, _advance(bars, own_bar))
-
     items = []
     for ci, c in enumerate(convs):
         for t, message_index in enumerate(c.turns):
-            nll_sum, num_tokens = nlls[ci][t]
-            item: dict[str, Any] = {
-                "id": c.id,
-                "task": c.task,
-                "turn": t + 1,
-                "nll": nll_sum / num_tokens,
-                "num_tokens": num_tokens,
-                "gold": c.messages[message_index]["content"],
-                "correct": None,
-                "stopped": None,
-                "prediction": None,
-                "own_correct": None,
-                "own_prediction": None,
-            }
-            if c.task is not None:
-                gold, own = gold_gen[(ci, t)], own_gen[(ci, t)]
-                item.update(
-                    correct=_match(gold.text, item["gold"]),
-                    stopped=gold.stopped,
-                    prediction=gold.text,
-                    own_correct=_match(own.text, item["gold"]),
-                    own_prediction=own.text,
-                )
-            items.append(item)
-    metrics, by_depth = _aggregate(items)
-    metrics["num_conversations"] = float(len(convs))
-    metrics["num_nll_only_conversations"] = float(len(convs) - len(scored))
+            turn = nlls[ci][t]
+            items.append(
+                {
+                    "id": c.id,
+                    "task": c.task,
+                    "turn": t + 1,
+                    "gold": c.messages[message_index]["content"],
+                    "nll": turn.nll_sum / turn.num_tokens,
+                    "num_tokens": turn.num_tokens,
+                    "cut_tokens": turn.cut_tokens,
+                    "windowed": turn.windowed,
+                }
+            )
+    metrics, by_depth = _aggregate(items, _nll_means)
+    metrics["num_nll_conversations"] = float(len(convs))
+    if items:
+        metrics["num_scored_tokens"] = float(sum(i["num_tokens"] for i in items))
+        metrics["num_cut_tokens"] = float(sum(i["cut_tokens"] for i in items))
+        metrics["num_windowed_turns"] = float(sum(i["windowed"] for i in items))
     return EvalResult(metrics=metrics, by_depth=by_depth, items=items)
 
 
-def _match(prediction: str, gold: str) -> bool:
+def exact_match(prediction: str, gold: str) -> bool:
+    """The one exact-match rule (here and in the lm-eval tasks): equal after stripping surrounding
+    whitespace; special tokens stay in the prediction, so running on into a new turn is wrong."""
     return prediction.strip() == gold.strip()
+
+
+def _parse_all(conversations: list[dict], cfg: EvalConfig) -> list[_Conversation]:
+    records = conversations if cfg.max_conversations is None else conversations[: cfg.max_conversations]
+    convs = [_parse(record, position) for position, record in enumerate(records)]
+    duplicates = sorted(i for i, n in Counter(c.id for c in convs).items() if n > 1)
+    if duplicates:
+        raise ValueError(f"eval records: field 'id' must be unique, repeated: {duplicates[:5]}")
+    return convs
 
 
 def _parse(record: dict, position: int) -> _Conversation:
@@ -204,6 +284,7 @@ def _own_history(
     gold_gen: dict[tuple[int, int], Generation],
     cfg: EvalConfig,
     on_batch: Callable[[int], None],
+    window: int | None,
 ) -> dict[tuple[int, int], Generation]:
     """Generate turn by turn with the model's own answers as history; all conversations batched per depth.
 
@@ -213,7 +294,7 @@ def _own_history(
     own: dict[tuple[int, int], Generation] = {}
     depth = 0
     while True:
-        active = [ci for ci, c in enumerate(convs) if c.task is not None and depth < len(c.turns)]
+        active = [ci for ci, c in enumerate(convs) if depth < len(c.turns)]
         if not active:
             return own
         histories = []
@@ -232,51 +313,56 @@ def _own_history(
                 todo.append((ci, prompt))
         on_batch(len(active) - len(todo))
         outputs = generate(
-            model, tokenizer, [p for _, p in todo], cfg.batch_size, cfg.max_new_tokens, on_batch
+            model, tokenizer, [p for _, p in todo], cfg.batch_size, cfg.max_new_tokens, on_batch, window
         )
         for (ci, _), output in zip(todo, outputs, strict=True):
             own[(ci, depth)] = output
         depth += 1
 
 
-def _aggregate(items: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
-    """Means over items, overall, per task and per turn depth. NLL is a mean over tokens, not over turns."""
+def _aggregate(
+    items: list[dict[str, Any]], means: Callable[[list[dict[str, Any]], bool], dict[str, float]]
+) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
+    """`means` over items, overall, per task (`<task>/<metric>`) and per turn depth."""
     metrics: dict[str, float] = {}
     by_depth: dict[str, dict[int, float]] = {}
-    groups: dict[str, list[dict]] = {"": items}
+    groups: dict[str, list[dict]] = {"": items} if items else {}
     for item in items:
         if item["task"] is not None:
             groups.setdefault(f"{item['task']}/", []).append(item)
     for prefix, group in groups.items():
-        metrics.update({prefix + k: v for k, v in _means(group).items()})
+        metrics.update({prefix + k: v for k, v in means(group, True).items()})
         depth_groups: dict[int, list[dict]] = defaultdict(list)
         for item in group:
             depth_groups[item["turn"]].append(item)
         for depth in sorted(depth_groups):
-            for name, value in _means(depth_groups[depth], with_conversations=False).items():
+            for name, value in means(depth_groups[depth], False).items():
                 by_depth.setdefault(prefix + name, {})[depth] = value
         if prefix:
             metrics[prefix + "num_conversations"] = float(len({item["id"] for item in group}))
     return metrics, by_depth
 
 
-def _means(items: list[dict[str, Any]], with_conversations: bool = True) -> dict[str, float]:
-    if not items:
-        return {}
-    out = {
+def _nll_means(items: list[dict[str, Any]], overall: bool) -> dict[str, float]:
+    # A mean over tokens, not over turns.
+    return {
         "assistant_nll": sum(i["nll"] * i["num_tokens"] for i in items) / sum(i["num_tokens"] for i in items)
     }
-    scored = [i for i in items if i["correct"] is not None]
-    if scored:
-        out["turn_exact_match"] = sum(i["correct"] for i in scored) / len(scored)
-        out["own_history_exact_match"] = sum(i["own_correct"] for i in scored) / len(scored)
-        out["stop_rate"] = sum(i["stopped"] for i in scored) / len(scored)
-        out["num_turns"] = float(len(scored))
-        if with_conversations:
-            success: dict[str, bool] = {}
-            for i in scored:
-                success[i["id"]] = success.get(i["id"], True) and i["own_correct"]
-            out["conversation_success"] = sum(success.values()) / len(success)
+
+
+def _generation_means(items: list[dict[str, Any]], overall: bool) -> dict[str, float]:
+    out = {
+        "turn_exact_match": sum(i["correct"] for i in items) / len(items),
+        "own_history_exact_match": sum(i["own_correct"] for i in items) / len(items),
+        "stop_rate": sum(i["stopped"] for i in items) / len(items),
+        "num_turns": float(len(items)),
+    }
+    if overall:
+        success: dict[str, bool] = {}
+        for i in items:
+            success[i["id"]] = success.get(i["id"], True) and i["own_correct"]
+        out["conversation_success"] = sum(success.values()) / len(success)
+        out["num_conversations"] = float(len(success))
     return out
 
 

@@ -1,8 +1,13 @@
 """Held-out NLL of each assistant turn's tokens (its content and end-of-turn token), teacher-forced.
 
-One forward pass per conversation over its whole rendering. A turn's tokens are found by rendering the
-history before it with the generation prompt (the same ids the turn's generation starts from): they begin
-where that prefix ends and run to the first end-of-turn token.
+A turn's tokens are found by rendering the history before it with the generation prompt (the same ids the
+turn's generation starts from): they begin where that prefix ends and run to the first end-of-turn token.
+
+Memory is bounded by the window (the training `max_length`, or the model's context if shorter), not by
+the longest held-out conversation: a conversation that fits is scored in one forward pass; one that does
+not is scored turn by turn, each turn in the `window` tokens that end with it. Tokens of a turn longer
+than the window that fall before it are not scored and are counted (`cut_tokens`), as are turns whose
+history was cut (`windowed`).
 """
 
 from __future__ import annotations
@@ -54,6 +59,62 @@ def assistant_spans(
             )
         spans.append(TurnSpan(start, end))
     return spans
+
+
+@dataclass
+class TurnNLL:
+    """NLL of one assistant turn: summed nats over `num_tokens` scored tokens."""
+
+    nll_sum: float
+    num_tokens: int
+    cut_tokens: int  # tokens of the turn before the window's second token: not scored
+    windowed: bool  # scored in a window that does not start at the conversation's start
+
+
+def windowed_turn_nlls(
+    model: PreTrainedModel,
+    conversations: list[list[int]],
+    spans: list[list[TurnSpan]],
+    pad_id: int,
+    batch_size: int,
+    window: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[list[TurnNLL]]:
+    """`turn_nlls` with every forward pass at most `window` tokens long.
+
+    Args:
+        conversations, spans, pad_id, batch_size: as for `turn_nlls`.
+        window: the longest row fed to the model (>= 2).
+        on_batch: called with the number of conversations finished after each batch.
+
+    Returns:
+        One `TurnNLL` per span, per conversation.
+    """
+    if window < 2:
+        raise ValueError(f"the NLL window must be at least 2 tokens, got {window}")
+    rows: list[list[int]] = []
+    row_spans: list[list[TurnSpan]] = []
+    owner: list[tuple[int, list[int], list[int], bool]] = []  # conversation, turn indices, cuts, windowed
+    for ci, (ids, conv_spans) in enumerate(zip(conversations, spans, strict=True)):
+        if len(ids) <= window:
+            rows.append(ids)
+            row_spans.append(conv_spans)
+            owner.append((ci, list(range(len(conv_spans))), [0] * len(conv_spans), False))
+            continue
+        for t, span in enumerate(conv_spans):
+            begin = max(0, span.end - window)
+            first = max(span.start, begin + 1)  # the window's first token has no context to predict it
+            rows.append(ids[begin : span.end])
+            row_spans.append([TurnSpan(first - begin, span.end - begin)])
+            owner.append((ci, [t], [first - span.start], begin > 0))
+    sums = turn_nlls(model, rows, row_spans, pad_id, batch_size)
+    results: list[list[TurnNLL | None]] = [[None] * len(s) for s in spans]
+    for (ci, turns, cuts, windowed), row in zip(owner, sums, strict=True):
+        for t, cut, (nll_sum, count) in zip(turns, cuts, row, strict=True):
+            results[ci][t] = TurnNLL(nll_sum, count, cut, windowed)
+    if on_batch is not None:
+        on_batch(len(conversations))
+    return results  # type: ignore[return-value]
 
 
 @torch.no_grad()

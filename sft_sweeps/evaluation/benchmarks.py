@@ -1,0 +1,183 @@
+"""Benchmarks by name: what `eval.benchmarks` lists, checked before training, run after it.
+
+A benchmark is an object with a `name`, a `check(settings)` that fails before any training when it cannot
+run (data missing offline, a judge not configured), and a `run(context)` that scores the trained model.
+Its metrics land in result.json and W&B under `<name>/`, its per-item records under `eval_items[<name>]`
+(the report's paired tests read them through `sft_sweeps.metrics`), and anything that identifies how it
+scored (data version, judge model) under `benchmarks[<name>]`.
+
+Add one: write a module with a class like those below, declare its metrics with
+`sft_sweeps.metrics.register`, and add it to `BENCHMARKS`.
+
+Example:
+    >>> check_benchmarks(settings)                           # doctest: +SKIP
+    >>> out = run_benchmarks(EvalContext(model, tok, splits, settings))   # doctest: +SKIP
+    >>> out["metrics"]["synthetic/turn_exact_match"]        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sft_sweeps.config import Config, ConfigError
+
+
+class BenchmarkUnavailable(ConfigError):
+    """A listed benchmark cannot run with this config; the message says how to make it runnable."""
+
+
+@dataclass
+class EvalContext:
+    """What every benchmark gets: the trained model, its tokenizer, the data splits and the settings.
+
+    Attributes:
+        window: the longest token sequence to feed the model (training `max_length`, capped by the model's
+            own context): NLL windows and generation prompts are cut to it, with the cut counted.
+        split: which held-out split to score (`test`; `validation` for model selection).
+    """
+
+    model: Any
+    tokenizer: Any
+    splits: Any  # sft_sweeps.data.Splits
+    settings: Config
+    window: int | None = None
+    split: str = "test"
+    progress: bool = True
+
+    @property
+    def conversations(self) -> list[dict[str, Any]]:
+        return getattr(self.splits, self.split)
+
+
+@dataclass
+class BenchmarkResult:
+    """Metrics (keys without the benchmark prefix), metrics by turn depth, per-item records, identity."""
+
+    metrics: dict[str, float]
+    by_depth: dict[str, dict[int, float]] = field(default_factory=dict)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Benchmark(Protocol):
+    name: str
+
+    def check(self, settings: Config) -> None:
+        """Raise BenchmarkUnavailable (saying how to fix it) when this benchmark cannot run."""
+
+    def run(self, context: EvalContext) -> BenchmarkResult:
+        """Score `context.model`."""
+
+
+class SyntheticBenchmark:
+    """The project's own multi-turn tasks: exact match with gold and own history, stop rate."""
+
+    name = "synthetic"
+
+    def check(self, settings: Config) -> None:
+        if settings.dataset.source != "synthetic":
+            raise BenchmarkUnavailable(
+                f"eval.benchmarks lists 'synthetic', which scores the project's synthetic tasks, but "
+                f"dataset={settings.dataset.name} has none; drop it (e.g. eval.benchmarks=[nll,multi_if])"
+            )
+
+    def run(self, context: EvalContext) -> BenchmarkResult:
+        from sft_sweeps.evaluation.multiturn import evaluate_synthetic
+
+        result = evaluate_synthetic(
+            context.model,
+            context.tokenizer,
+            context.conversations,
+            context.settings.eval,
+            context.progress,
+            context.window,
+        )
+        return BenchmarkResult(result.metrics, result.by_depth, result.items)
+
+
+class HeldOutNLL:
+    """Teacher-forced NLL of held-out assistant turns. `all` minimises it by construction: not a judge."""
+
+    name = "nll"
+
+    def check(self, settings: Config) -> None:
+        pass
+
+    def run(self, context: EvalContext) -> BenchmarkResult:
+        from sft_sweeps.evaluation.multiturn import evaluate_nll
+
+        result = evaluate_nll(
+            context.model,
+            context.tokenizer,
+            context.conversations,
+            context.settings.eval,
+            context.progress,
+            context.window,
+        )
+        items = [{k: v for k, v in item.items() if k != "gold"} for item in result.items]
+        return BenchmarkResult(result.metrics, result.by_depth, items)
+
+
+class LmEvalBenchmark:
+    """Any lm-eval task (`eval.lm_eval_tasks`) on the trained model, prompts through its chat template."""
+
+    name = "lm_eval"
+
+    def check(self, settings: Config) -> None:
+        if not settings.eval.lm_eval_tasks:
+            raise BenchmarkUnavailable(
+                "eval.benchmarks lists 'lm_eval' but eval.lm_eval_tasks is empty; name the tasks, e.g. "
+                "eval.lm_eval_tasks=[sft_sweeps_suite]"
+            )
+
+    def run(self, context: EvalContext) -> BenchmarkResult:
+        from sft_sweeps.evaluation.harness import run_configured_lm_eval
+
+        raw = run_configured_lm_eval(context.model, context.tokenizer, context.settings.eval) or {}
+        metrics = {}
+        for task, values in (raw.get("results") or {}).items():
+            for metric, value in values.items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and "stderr" not in metric:
+                    metrics[f"{task}/{metric.replace(',', '_')}"] = float(value)
+        return BenchmarkResult(metrics, info={"results": raw})
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b for b in (SyntheticBenchmark(), HeldOutNLL(), LmEvalBenchmark())
+}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The benchmark called `name`. Raises BenchmarkUnavailable listing the known names."""
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise BenchmarkUnavailable(
+            f"eval.benchmarks: unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}"
+        ) from None
+
+
+def check_benchmarks(settings: Config) -> None:
+    """Fail before training when a listed benchmark cannot run (BenchmarkUnavailable says how to fix it)."""
+    for name in settings.eval.benchmarks:
+        get_benchmark(name).check(settings)
+
+
+def run_benchmarks(context: EvalContext) -> dict[str, Any]:
+    """Run every benchmark of `eval.benchmarks`; their outputs merged under each one's name.
+
+    Returns:
+        `metrics` and `by_depth` with keys `<benchmark>/<metric>`, `eval_items` {benchmark: items} and
+        `benchmarks` {benchmark: info}.
+    """
+    out: dict[str, Any] = {"metrics": {}, "by_depth": {}, "eval_items": {}, "benchmarks": {}}
+    for name in context.settings.eval.benchmarks:
+        result = get_benchmark(name).run(context)
+        out["metrics"].update({f"{name}/{k}": v for k, v in result.metrics.items()})
+        out["by_depth"].update(
+            {f"{name}/{k}": {str(d): v for d, v in values.items()} for k, values in result.by_depth.items()}
+        )
+        out["eval_items"][name] = result.items
+        out["benchmarks"][name] = result.info
+    return out

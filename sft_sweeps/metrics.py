@@ -1,0 +1,190 @@
+"""The metric vocabulary, declared once: name, benchmark, direction, per-item evidence, short name.
+
+Evaluation writes metrics under `<benchmark>/<name>` (and `<benchmark>/<task>/<name>` for a breakdown,
+e.g. `synthetic/state_tracking/turn_exact_match`); the console table, the report, the W&B dashboard and
+the value returned to Hydra (`optimized_metric`) all read this module to know what a key means. A key is
+looked up by its last component, so records written before metrics carried a benchmark prefix
+(`turn_exact_match`) are read the same way.
+
+Add a metric by adding one `Metric` to `_DECLARED`; nothing else lists metric names.
+
+Example:
+    >>> lookup("synthetic/state_tracking/turn_exact_match").short
+    'turn EM'
+    >>> lower_is_better("nll/assistant_nll"), is_compared("train_loss")
+    (True, False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric.
+
+    Attributes:
+        name: the last component of its key, unique across benchmarks.
+        benchmark: the benchmark that computes it (`sft_sweeps.evaluation.BENCHMARKS`), or `run` for
+            bookkeeping about the run itself.
+        higher_is_better: its direction.
+        short: a column header that fits a terminal.
+        description: what it measures, for tables and docs.
+        item_field: the field of the benchmark's per-item records holding its evidence (paired tests over
+            items), or None when it has none.
+        level: `turn` (an item is one scored turn, keyed by id and turn) or `conversation` (an item is a
+            conversation: 1 when `item_field` is true on all its turns).
+        compared: compared across strategies in the report; False for bookkeeping (counts, times, the
+            training loss, which each strategy computes over different tokens).
+        headline: shown in the console table and README table, and its benchmark's dashboard panel.
+    """
+
+    name: str
+    benchmark: str
+    higher_is_better: bool
+    short: str
+    description: str
+    item_field: str | None = None
+    level: str = "turn"
+    compared: bool = True
+    headline: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.benchmark}/{self.name}"
+
+
+def _count(name: str, benchmark: str, description: str) -> Metric:
+    return Metric(name, benchmark, True, name.removeprefix("num_"), description, compared=False)
+
+
+_DECLARED = (
+    # synthetic: generation on the project's own multi-turn tasks, exact match against the reference.
+    Metric(
+        "turn_exact_match",
+        "synthetic",
+        True,
+        "turn EM",
+        "per-turn exact match, the reference history before each turn",
+        item_field="correct",
+        headline=True,
+    ),
+    Metric(
+        "own_history_exact_match",
+        "synthetic",
+        True,
+        "own EM",
+        "per-turn exact match, the model's own earlier answers as history",
+        item_field="own_correct",
+    ),
+    Metric(
+        "conversation_success",
+        "synthetic",
+        True,
+        "conv",
+        "conversations with every turn right, own history",
+        item_field="own_correct",
+        level="conversation",
+        headline=True,
+    ),
+    Metric(
+        "stop_rate",
+        "synthetic",
+        True,
+        "stop",
+        "answers that end with an end-of-turn token",
+        item_field="stopped",
+        headline=True,
+    ),
+    _count("num_turns", "synthetic", "assistant turns scored"),
+    _count("num_conversations", "synthetic", "conversations scored"),
+    # nll: teacher-forced held-out NLL of assistant turns, in windows of the training length.
+    Metric(
+        "assistant_nll",
+        "nll",
+        False,
+        "nll",
+        "held-out NLL per assistant token (nats); `all` minimises it by construction",
+        item_field="nll",
+        headline=True,
+    ),
+    _count("num_scored_tokens", "nll", "assistant tokens scored"),
+    _count("num_cut_tokens", "nll", "assistant tokens beyond the window, not scored"),
+    _count("num_windowed_turns", "nll", "turns scored in a window shorter than their history"),
+    _count("num_nll_conversations", "nll", "conversations scored"),
+    # run: bookkeeping about training.
+    Metric("train_loss", "run", False, "train loss", "final training loss (not comparable)", compared=False),
+    Metric("train_runtime_s", "run", False, "train s", "training wall time", compared=False),
+    Metric("train_steps", "run", True, "steps", "optimizer steps", compared=False),
+    Metric("num_parameters", "run", True, "params", "model parameters", compared=False),
+    Metric("num_truncated_prompts", "run", False, "cut prompts", "prompts left-truncated", compared=False),
+)
+
+METRICS: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    """Declare a metric (a benchmark module calls this for its own). Raises ValueError on a clash."""
+    known = METRICS.get(metric.name)
+    if known is not None and known != metric:
+        raise ValueError(f"metric {metric.name!r} is declared twice: {known} and {metric}")
+    METRICS[metric.name] = metric
+    return metric
+
+
+for _metric in _DECLARED:
+    register(_metric)
+
+
+def lookup(key: str) -> Metric | None:
+    """The metric of a result key (`synthetic/turn_exact_match`, `turn_exact_match`, `a/b/name`), or None."""
+    return METRICS.get(key.rsplit("/", 1)[-1])
+
+
+def lower_is_better(key: str) -> bool:
+    """Direction of a metric key; undeclared keys rise (e.g. lm-eval accuracies) unless named like a loss."""
+    metric = lookup(key)
+    if metric is not None:
+        return not metric.higher_is_better
+    base = key.rsplit("/", 1)[-1]
+    return any(word in base for word in ("nll", "loss", "perplexity", "ppl"))
+
+
+def is_compared(key: str) -> bool:
+    """True for metrics the report compares across strategies; False for counts, times, training loss."""
+    metric = lookup(key)
+    if metric is not None:
+        return metric.compared
+    base = key.rsplit("/", 1)[-1]
+    return not (base.startswith(("train_", "num_")) or base.endswith(("_s", "_stderr")))
+
+
+def short_name(key: str) -> str:
+    """A column header for a key: the metric's short name, with any task breakdown in front."""
+    metric = lookup(key)
+    if metric is None:
+        return key
+    parts = key.split("/")
+    task = parts[1] if len(parts) == 3 else None
+    return f"{task} {metric.short}" if task else metric.short
+
+
+def headline_keys(keys: list[str] | set[str]) -> list[str]:
+    """The headline metrics among `keys` (overall, not per-task), in declaration order."""
+    present = {}
+    for key in keys:
+        metric = lookup(key)
+        if metric is not None and metric.headline and key.count("/") <= 1:
+            present[metric.name] = key
+    return [present[m.name] for m in METRICS.values() if m.name in present]
+
+
+def sort_keys(keys: list[str] | set[str]) -> list[str]:
+    """Keys in a stable reading order: headline first, then declared, then the rest by name."""
+    order = {name: i for i, name in enumerate(METRICS)}
+    heads = headline_keys(keys)
+    return heads + sorted(
+        (k for k in keys if k not in heads),
+        key=lambda k: (k.count("/") > 1, order.get(k.rsplit("/", 1)[-1], len(order)), k),
+    )
