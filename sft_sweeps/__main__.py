@@ -1,7 +1,8 @@
 """`python -m sft_sweeps`: compose model x dataset x masking, train, evaluate, record.
 
 One run: `python -m sft_sweeps masking=last`. The default sweep:
-`python -m sft_sweeps -m masking=full,last,all,weighted`.
+`python -m sft_sweeps -m masking=full,last,all,weighted`. A sweep template:
+`python -m sft_sweeps -m experiment=masking_seeds`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sft_sweeps.config import job_dirname, register_configs, validate
+from sft_sweeps.config import register_configs, validate
+from sft_sweeps.identity import job_dirname
 
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 register_configs()
@@ -17,11 +19,12 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    validate(cfg)  # range errors name their key before the heavy imports below
+    """Run one job; return `optimized_metric` of its record to Hydra (None when the run did not finish)."""
+    settings = validate(cfg)  # range errors name their key before the heavy imports below
     from sft_sweeps.pipeline import run
 
-    result = run(cfg)
-    return result.get("metrics", {}).get("turn_exact_match")
+    record = run(cfg)
+    return record.metric(settings.optimized_metric) if record is not None else None
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ the full key, e.g. `masking.prompt_weight`.
 from __future__ import annotations
 
 import enum
-import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -40,26 +39,72 @@ class TurnSchedule(enum.StrEnum):
     decay = "decay"  # weight turn_decay**k for the assistant turn k places before the last
 
 
+def masking_param(default: Any, abbrev: str, used_by: tuple[Strategy, ...], **extra: Any) -> Any:
+    """A `MaskingConfig` field with what labels and validation need to know about it.
+
+    Args:
+        default: the value that means "not in use".
+        abbrev: its short name in labels (`weighted(pw=0.1)`).
+        used_by: the strategies that read it; set away from `default` on any other, it is an error.
+        extra: more metadata, e.g. `always_labelled=(Strategy.weighted,)`: shown even at its default.
+    """
+    return field(default=default, metadata={"abbrev": abbrev, "used_by": used_by, **extra})
+
+
+ALL_STRATEGIES = tuple(Strategy)
+
+
 @dataclass
 class MaskingConfig:
-    """Loss-mask strategy and its parameters (`conf/masking/*.yaml`)."""
+    """Loss-mask strategy and its parameters (`conf/masking/*.yaml`).
+
+    Each parameter says which strategies read it (`used_by`); a value away from its default on a strategy
+    that ignores it fails before any work, so the config hash and the label only ever change with the
+    weights. Labels and run identity read these fields (`sft_sweeps.identity`); a new parameter needs no
+    other edit there.
+    """
 
     name: Strategy = Strategy.all
-    # Weight of system, user and tool tokens. Only `weighted` reads it; papers find 0.01-0.5 can beat 0 and 1.
-    prompt_weight: float = 0.0
-    turn_schedule: TurnSchedule = TurnSchedule.constant
-    # Factor per assistant turn counted back from the last one, when turn_schedule=decay.
-    turn_decay: float = 1.0
+    # Weight of system, user and tool tokens; papers find 0.01-0.5 can beat 0 and 1.
+    prompt_weight: float = masking_param(
+        0.0, "pw", (Strategy.weighted,), always_labelled=(Strategy.weighted,)
+    )
+    turn_schedule: TurnSchedule = masking_param(TurnSchedule.constant, "sched", (Strategy.weighted,))
+    # Factor per assistant turn counted back from the last one; read only with turn_schedule=decay.
+    turn_decay: float = masking_param(1.0, "decay", (Strategy.weighted,))
     # Message field holding a per-message weight (a number, or a bool as Axolotl's `train`); null ignores it.
-    message_weight_field: str | None = "weight"
+    message_weight_field: str | None = masking_param("weight", "mwf", ALL_STRATEGIES)
     # One sample per supervised assistant turn, its history as context (GLM-4 / LLaMA-Factory style).
-    expand_turns: bool = False
+    expand_turns: bool = masking_param(False, "expand", ALL_STRATEGIES)
 
     def __post_init__(self) -> None:
+        self.name, self.turn_schedule = Strategy(self.name), TurnSchedule(self.turn_schedule)
         _check(
             0.0 <= self.prompt_weight <= 1.0, "masking.prompt_weight", "must be in [0, 1]", self.prompt_weight
         )
         _check(0.0 < self.turn_decay <= 1.0, "masking.turn_decay", "must be in (0, 1]", self.turn_decay)
+        for f in fields(self):
+            used_by = f.metadata.get("used_by")
+            if used_by is None or self.name in used_by or getattr(self, f.name) == f.default:
+                continue
+            raise ConfigError(
+                f"masking.{f.name}={getattr(self, f.name)!r} has no effect with masking={self.name.value}: "
+                f"only {', '.join(s.value for s in used_by)} reads it (leave it at {f.default!r})"
+            )
+        if self.turn_schedule is not TurnSchedule.decay and self.turn_decay != 1.0:
+            raise ConfigError(
+                f"masking.turn_decay={self.turn_decay!r} has no effect with "
+                f"masking.turn_schedule={self.turn_schedule.value}: set masking.turn_schedule=decay"
+            )
+
+    def for_strategy(self, strategy: Strategy) -> MaskingConfig:
+        """This config under another strategy: the parameters that strategy does not read reset."""
+        kept = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if strategy in f.metadata.get("used_by", ALL_STRATEGIES)
+        }
+        return MaskingConfig(**{**kept, "name": strategy})
 
 
 @dataclass
@@ -354,23 +399,6 @@ class Config:
     resume: bool = True
     # Where the data-prep cache lives (tokenized datasets are shared by every strategy of a sweep).
     cache_dir: str = "${oc.env:SFT_SWEEPS_CACHE,.cache/sft_sweeps}"
-
-
-def job_dirname(override_dirname: str, seed: int, max_length: int = 120) -> str:
-    """A sweep job's folder name: its overrides, then the seed, safe as one path component.
-
-    Long override lists are cut and end in a hash of the whole, so names stay unique and under the
-    file-system limit.
-
-    Example:
-        >>> job_dirname("masking=weighted,masking.prompt_weight=0.1", 2)
-        'masking=weighted,masking.prompt_weight=0.1,seed=2'
-    """
-    name = ",".join(part for part in (override_dirname, f"seed={seed}") if part).replace("/", "_")
-    if len(name) > max_length:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:10]
-        name = f"{name[: max_length - 11]}-{digest}"
-    return name
 
 
 def register_configs() -> None:

@@ -2,12 +2,12 @@
 
 Composes the same config as training (`conf/config.yaml`, same overrides), loads the model and tokenizer
 saved in `eval.model_path`, rebuilds the test split with `sft_sweeps.data.load_splits` (the call the
-training pipeline makes, so the conversations are the same), runs the multi-turn evaluation and any
-`eval.lm_eval_tasks`, prints a table and writes `eval_result.json` in the Hydra run dir.
+training pipeline makes, so the conversations are the same), runs the benchmarks of `eval.benchmarks`,
+prints a table and writes `eval_result.json` in the Hydra run dir.
 
-    python -m sft_sweeps.evaluate eval.model_path=outputs/default/<run>/model
+    python -m sft_sweeps.evaluate eval.model_path=multirun/default/masking-all__seed-0/model
     python -m sft_sweeps.evaluate eval.model_path=<dir> dataset=synthetic_suite \\
-        eval.lm_eval_tasks=[sft_sweeps_suite]
+        eval.benchmarks=[synthetic,nll,lm_eval] eval.lm_eval_tasks=[sft_sweeps_suite]
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from sft_sweeps.config import Config, ConfigError, job_dirname, register_configs, validate
+from sft_sweeps.config import Config, ConfigError, register_configs, validate
+from sft_sweeps.identity import job_dirname
+from sft_sweeps.metrics import lower_is_better, short_name, sort_keys
 
 log = logging.getLogger(__name__)
 RESULT_NAME = "eval_result.json"
@@ -52,9 +54,11 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sft_sweeps.data import load_splits
-    from sft_sweeps.evaluation import evaluate, run_configured_lm_eval
+    from sft_sweeps.evaluation.benchmarks import EvalContext, run_benchmarks
+    from sft_sweeps.pipeline import check_before_work, model_window
     from sft_sweeps.record import write_json_atomic
 
+    check_before_work(settings)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=settings.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -76,15 +80,10 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         len(splits.test),
         splits.fingerprint[:12],
     )
-    result = evaluate(model, tokenizer, splits.test, settings.eval)
-    lm_eval_results = run_configured_lm_eval(model, tokenizer, settings.eval)
-    data = result.to_dict()
+    evaluated = run_benchmarks(EvalContext(model, tokenizer, splits, settings, model_window(model, settings)))
     record = {
         "model_path": str(model_path),
-        "metrics": data["metrics"],
-        "by_depth": data["by_depth"],
-        "eval_items": data["items"],
-        "lm_eval": lm_eval_results,
+        **evaluated,
         "data": {"fingerprint": splits.fingerprint, "stats": splits.stats},
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     }
@@ -94,46 +93,25 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
 
 def print_result(record: dict[str, Any], console: Console | None = None) -> None:
-    """Tables of the headline metrics per task, accuracy by turn depth, and lm-eval's scores."""
+    """Tables of every metric (overall and per task) and of the metrics by assistant turn."""
     console = console or Console()
     metrics, by_depth = record["metrics"], record["by_depth"]
-    prefixes = [""] + sorted({key.split("/")[0] + "/" for key in metrics if "/" in key})
-    table = Table(title=f"{record['model_path']}: held-out multi-turn evaluation")
-    for column in ["task", *_COLUMNS.values(), "convs"]:
-        table.add_column(column, justify="left" if column == "task" else "right")
-    for prefix in prefixes:
-        cells = [_fmt(metrics.get(prefix + name)) for name in _COLUMNS]
-        table.add_row(prefix.rstrip("/") or "all", *cells, _fmt(metrics.get(prefix + "num_conversations"), 0))
+    table = Table(title=f"{record['model_path']}: held-out evaluation")
+    for column in ("metric", "key", "value"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for key in sort_keys(list(metrics)):
+        table.add_row(f"{short_name(key)} {'↓' if lower_is_better(key) else '↑'}", key, _fmt(metrics[key]))
     console.print(table)
 
-    depths = sorted(by_depth.get("assistant_nll", {}), key=int)
-    depth_names = [name for name in _COLUMNS if name in by_depth]
-    table = Table(title="by assistant turn")
-    for column in ["turn", *(_COLUMNS[name] for name in depth_names)]:
-        table.add_column(column, justify="right")
-    for depth in depths:
-        table.add_row(str(depth), *(_fmt(by_depth[name].get(depth)) for name in depth_names))
-    console.print(table)
-
-    if record.get("lm_eval"):
-        table = Table(title="lm-eval")
-        for column in ("task", "metric", "value"):
-            table.add_column(column)
-        for task, values in record["lm_eval"].get("results", {}).items():
-            for metric, value in values.items():
-                if isinstance(value, float) and "stderr" not in metric:
-                    table.add_row(task, metric, _fmt(value))
+    names = [key for key in sort_keys(list(by_depth)) if key.count("/") == 1]
+    depths = sorted({int(d) for key in names for d in by_depth[key]})
+    if depths:
+        table = Table(title="by assistant turn")
+        for column in ["turn", *(short_name(key) for key in names)]:
+            table.add_column(column, justify="right")
+        for depth in depths:
+            table.add_row(str(depth), *(_fmt(by_depth[key].get(str(depth))) for key in names))
         console.print(table)
-
-
-# Metric -> short column header, so the tables fit a terminal.
-_COLUMNS = {
-    "turn_exact_match": "exact (gold hist.)",
-    "own_history_exact_match": "exact (own hist.)",
-    "conversation_success": "success",
-    "stop_rate": "stop",
-    "assistant_nll": "nll",
-}
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -143,7 +121,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     record = run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
-    return record["metrics"].get("turn_exact_match")
+    return record["metrics"].get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

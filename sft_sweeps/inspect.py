@@ -59,7 +59,7 @@ def sample_record(
     weights = sample_weights(conversation, messages, masking)
     supervised = {}
     for strategy in Strategy:
-        other = MaskingConfig(**{**vars(masking), "name": strategy})
+        other = masking.for_strategy(strategy)
         supervised[strategy.value] = sum(w > 0 for w in sample_weights(conversation, messages, other))
     return {
         "id": name,

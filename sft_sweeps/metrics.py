@@ -188,3 +188,14 @@ def sort_keys(keys: list[str] | set[str]) -> list[str]:
         (k for k in keys if k not in heads),
         key=lambda k: (k.count("/") > 1, order.get(k.rsplit("/", 1)[-1], len(order)), k),
     )
+
+
+def canonical_key(key: str) -> str:
+    """The key a metric has today: records written before benchmark prefixes said `turn_exact_match` and
+    `state_tracking/turn_exact_match`; they become `synthetic/turn_exact_match` and
+    `synthetic/state_tracking/turn_exact_match`. Other keys are returned unchanged."""
+    metric = lookup(key)
+    if metric is None or metric.benchmark == "run":
+        return key
+    benchmarks = {m.benchmark for m in METRICS.values()}
+    return key if key.split("/", 1)[0] in benchmarks else f"{metric.benchmark}/{key}"

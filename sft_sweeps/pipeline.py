@@ -1,14 +1,15 @@
-"""One run, top to bottom: load data, tokenize and weight, train, evaluate, record.
+"""One run, top to bottom: check, load data, tokenize and weight, train, evaluate, record.
 
 `run(cfg)` is what `python -m sft_sweeps` calls for every job of a sweep. A job that fails is recorded
 as `failed` with its traceback and does not stop the other jobs of a sweep; a job whose `result.json`
-already says `done` for the same config hash is skipped, so rerunning a sweep resumes it.
+already says `done` for the same config hash and data is skipped, so rerunning a sweep resumes it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -17,96 +18,141 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import set_seed
 
-from sft_sweeps.config import Config, validate
-from sft_sweeps.data import load_splits
-from sft_sweeps.evaluation import evaluate, run_configured_lm_eval
+from sft_sweeps.config import Config, ConfigError, validate
+from sft_sweeps.data import Splits, load_splits
+from sft_sweeps.evaluation.benchmarks import EvalContext, check_benchmarks, run_benchmarks
+from sft_sweeps.identity import RunRecord, config_hash
 from sft_sweeps.masking import build_dataset
 from sft_sweeps.modeling import build_model, count_parameters
 from sft_sweeps.record import (
-    RECORD_NAME,
-    config_hash,
+    RunLock,
+    RunLockedError,
     git_commit,
+    load_run_record,
     package_versions,
-    read_record,
-    write_json_atomic,
+    write_record,
 )
 from sft_sweeps.tokenizer import load_tokenizer
-from sft_sweeps.tracking import Tracker, make_tracker, run_group
+from sft_sweeps.tracking import Tracker, make_tracker
 from sft_sweeps.training import ProgressCallback, build_trainer
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, run_dir: str | None = None) -> dict[str, Any]:
+def check_before_work(settings: Config) -> None:
+    """Everything that can fail on the config alone fails here, before data, model or training.
+
+    Raises:
+        ConfigError: a listed benchmark cannot run (BenchmarkUnavailable says how to fix it), or
+            `optimized_metric` belongs to no listed benchmark.
+    """
+    check_benchmarks(settings)
+    benchmark = settings.optimized_metric.split("/", 1)[0]
+    if benchmark not in (*settings.eval.benchmarks, "run"):
+        raise ConfigError(
+            f"optimized_metric={settings.optimized_metric!r} is computed by benchmark {benchmark!r}, which "
+            f"eval.benchmarks={list(settings.eval.benchmarks)} does not run; pick a metric of one of them"
+        )
+
+
+def run(cfg: DictConfig, run_dir: str | None = None) -> RunRecord | None:
     """Run one job and return its record (also written to `<run_dir>/result.json`).
+
+    Resume: a run whose record says `done` for the same config hash and the same data fingerprint is
+    skipped; changed data reruns it, saying why. The run holds a lock on its directory while it runs.
 
     Args:
         cfg: the composed config (`conf/config.yaml` plus overrides).
         run_dir: where outputs go; defaults to Hydra's output dir for this job.
 
+    Returns:
+        The record; None on a DDP rank other than 0, or when another process holds the run directory
+        in a multirun (logged).
+
     Raises:
-        ConfigError: a config value is out of range (before any work starts).
+        ConfigError: a config value is out of range or a benchmark cannot run (before any work starts).
+        RunLockedError: another process is running in `run_dir` (single run).
         Exception: whatever failed, when not in a multirun (in a multirun it is recorded, not raised).
     """
     settings = validate(cfg)
+    check_before_work(settings)
     run_dir = run_dir or HydraConfig.get().runtime.output_dir
     if not _is_main_process():  # DDP (accelerate launch / torchrun): rank 0 records, tracks and evaluates
-        _train_and_evaluate(settings, run_dir, Tracker(None))
-        return {}
-    chash = config_hash(cfg)
-    previous = read_record(run_dir)
-    if cfg.resume and previous and previous.get("status") == "done" and previous.get("config_hash") == chash:
-        log.info("skipping %s: result.json says done for config %s (resume=false reruns it)", run_dir, chash)
-        return previous
+        _train_and_evaluate(settings, load_splits(settings.dataset), run_dir, Tracker(None))
+        return None
+    try:
+        with RunLock(run_dir):
+            return _run_locked(cfg, settings, run_dir)
+    except RunLockedError as e:
+        if not _in_multirun():
+            raise
+        log.error("not run: %s", e)
+        return None
 
-    record: dict[str, Any] = {
-        "status": "running",
-        "error": None,
-        "config_hash": chash,
-        "group": run_group(cfg),
-        "seed": settings.seed,
-        "strategy": settings.masking.name.value,
-        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "overrides": _overrides(),
-        "run_dir": str(run_dir),
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-    }
-    previous_wandb = (previous or {}).get("wandb") or {}
+
+def _run_locked(cfg: DictConfig, settings: Config, run_dir: str) -> RunRecord:
+    previous = load_run_record(run_dir)
+    splits = load_splits(settings.dataset)
+    chash = config_hash(cfg)
+    if cfg.resume and previous is not None and previous.status == "done" and previous.config_hash == chash:
+        if previous.data_fingerprint == splits.fingerprint:
+            log.info(
+                "skipping %s: result.json says done for config %s (resume=false reruns it)", run_dir, chash
+            )
+            return previous
+        log.warning(
+            "rerunning %s: done for this config, but its data changed (fingerprint %s -> %s)",
+            run_dir,
+            str(previous.data_fingerprint)[:12],
+            splits.fingerprint[:12],
+        )
+
+    record = RunRecord.start(
+        cfg,
+        overrides=_overrides(),
+        run_dir=str(run_dir),
+        versions=package_versions(),
+        git_commit=git_commit(),
+        device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        owner={"host": socket.gethostname(), "pid": os.getpid()},
+        data={"fingerprint": splits.fingerprint, "stats": splits.stats},
+    )
+    previous_wandb = (previous.wandb if previous else None) or {}
     tracker = make_tracker(cfg, run_dir, run_id=previous_wandb.get("run_id"))
-    record["wandb"] = {
+    record.wandb = {
         "run_id": tracker.run_id,
         "mode": cfg.logger.mode if cfg.logger.backend == "wandb" else None,
     }
-    write_json_atomic(Path(run_dir) / RECORD_NAME, record)
+    write_record(run_dir, record)
 
     start = time.monotonic()
     try:
-        record.update(_train_and_evaluate(settings, run_dir, tracker))
-        record["status"] = "done"
+        outputs = _train_and_evaluate(settings, splits, run_dir, tracker)
+        for key, value in outputs.items():
+            setattr(record, key, value)
+        record.status = "done"
     except Exception:
-        record["status"] = "failed"
-        record["error"] = traceback.format_exc()
-        log.error("run failed: %s\n%s", run_dir, record["error"])
+        record.status = "failed"
+        record.error = traceback.format_exc()
+        log.error("run failed: %s\n%s", run_dir, record.error)
         if not _in_multirun():
             raise
     finally:
-        record["wall_time_s"] = round(time.monotonic() - start, 2)
-        write_json_atomic(Path(run_dir) / RECORD_NAME, record)
-        tracker.finish(record["status"] if record["status"] in ("done", "failed") else "failed")
+        record.wall_time_s = round(time.monotonic() - start, 2)
+        if record.status == "running":  # interrupted by KeyboardInterrupt or SystemExit
+            record.status = "interrupted"
+        write_record(run_dir, record)
+        tracker.finish(record.status if record.status in ("done", "failed") else "failed")
     return record
 
 
-def _train_and_evaluate(settings: Config, run_dir: str, tracker) -> dict[str, Any]:
+def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker: Tracker) -> dict[str, Any]:
     label = f"{settings.masking.name.value} seed={settings.seed}"
     set_seed(settings.seed)
     tokenizer = load_tokenizer(settings.model.tokenizer, settings.model.trust_remote_code)
-
-    splits = load_splits(settings.dataset)
     log.info(
         "data: %s train / %s validation / %s test conversations, fingerprint %s",
         len(splits.train),
@@ -148,32 +194,31 @@ def _train_and_evaluate(settings: Config, run_dir: str, tracker) -> dict[str, An
         tokenizer.save_pretrained(model_path)
 
     model.eval()
-    eval_result = evaluate(model, tokenizer, splits.test, settings.eval)
+    context = EvalContext(model, tokenizer, splits, settings, window=model_window(model, settings))
+    evaluated = run_benchmarks(context)
     metrics = {
-        **eval_result.metrics,
+        **evaluated["metrics"],
         "train_loss": float(train_output.training_loss),
         "train_runtime_s": float(train_output.metrics["train_runtime"]),
         "train_steps": float(train_output.global_step),
         "num_parameters": float(count_parameters(model)),
     }
-    lm_eval_results = run_configured_lm_eval(model, tokenizer, settings.eval)
     tracker.log_summary(metrics)
     tracker.log_summary(
         {
             f"by_depth/{name}/{depth}": value
-            for name, values in eval_result.by_depth.items()
+            for name, values in evaluated["by_depth"].items()
             for depth, value in values.items()
         }
     )
-    tracker.log_table("eval_items", eval_result.items)
+    for benchmark, items in evaluated["eval_items"].items():
+        tracker.log_table(f"eval_items/{benchmark}", items)
     log.info("%s: %s", label, {k: round(v, 4) for k, v in metrics.items()})
     return {
         "metrics": metrics,
-        "by_depth": {
-            name: {str(d): v for d, v in values.items()} for name, values in eval_result.by_depth.items()
-        },
-        "eval_items": eval_result.items,
-        "lm_eval": lm_eval_results,
+        "by_depth": evaluated["by_depth"],
+        "eval_items": evaluated["eval_items"],
+        "benchmarks": evaluated["benchmarks"],
         "data": {
             "fingerprint": splits.fingerprint,
             "stats": splits.stats,
@@ -181,6 +226,13 @@ def _train_and_evaluate(settings: Config, run_dir: str, tracker) -> dict[str, An
         },
         "model_path": model_path,
     }
+
+
+def model_window(model: Any, settings: Config) -> int:
+    """The longest sequence evaluation feeds the model: the training length, or the model's context if
+    shorter (what it was trained to see; memory stays bounded on conversations of any length)."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    return min(settings.train.max_length, context) if context else settings.train.max_length
 
 
 def _is_main_process() -> bool:

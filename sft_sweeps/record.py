@@ -1,22 +1,29 @@
-"""The run record: `result.json` in each run dir, written atomically.
+"""The run record on disk: `result.json` in each run dir, written atomically, and the run-dir lock.
 
-A record says what ran (resolved config, its hash, seed, data fingerprint, package versions, git commit)
-and what came out (status, metrics, model path, wall time). A killed run never leaves a half-written
-file: records are written to a temporary file and renamed over the old one.
+The record's schema and what identifies a run live in `sft_sweeps.identity`; this module reads and
+writes it. A killed run never leaves a half-written file: records are written to a temporary file and
+renamed over the old one. A run holds `RunLock` on its directory while it runs, so a second process
+fails fast, and a `running` record whose lock nobody holds is known to be `interrupted`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
+import fcntl
 import importlib.metadata
 import json
+import logging
 import os
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from sft_sweeps.identity import RecordError, RunRecord
+
+log = logging.getLogger(__name__)
 
 RECORD_NAME = "result.json"
 PACKAGES = (
@@ -33,8 +40,7 @@ PACKAGES = (
     "lm_eval",
     "tokenizers",
 )
-# Keys that change how a run is observed, not what it computes: excluded from the config hash.
-UNHASHED_KEYS = ("logger", "resume", "cache_dir", "inspect")
+LOCK_NAME = ".lock"
 
 
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
@@ -54,7 +60,7 @@ def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any] | None:
-    """The record in `run_dir`, or None when there is none (or it is unreadable)."""
+    """The raw record in `run_dir`, or None when there is none (or it is unreadable)."""
     path = Path(run_dir) / RECORD_NAME
     try:
         return json.loads(path.read_text())
@@ -62,15 +68,91 @@ def read_record(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def config_digest(resolved: dict[str, Any], drop: tuple[str, ...], length: int) -> str:
-    """First `length` hex digits of sha256 over a resolved config's JSON, top-level `drop` keys left out."""
-    kept = {key: value for key, value in resolved.items() if key not in drop}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:length]
+def load_run_record(run_dir: str | Path) -> RunRecord | None:
+    """The record in `run_dir` for resume, or None when there is none.
+
+    An unreadable or invalid record is moved aside to `result.json.unreadable-<time>` (kept, never
+    overwritten in place) with a warning, and None is returned so the run starts afresh.
+    """
+    path = Path(run_dir) / RECORD_NAME
+    try:
+        return RunRecord.from_dict(json.loads(path.read_text()), str(path))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecordError, TypeError) as e:
+        aside = path.with_name(f"{RECORD_NAME}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        log.warning("%s is unreadable (%s); moved it to %s and starting the run afresh", path, e, aside)
+        return None
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """sha256 of the resolved config without the keys that do not change what a run computes."""
-    return config_digest(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), UNHASHED_KEYS, 16)
+def write_record(run_dir: str | Path, record: RunRecord) -> None:
+    write_json_atomic(Path(run_dir) / RECORD_NAME, record.to_dict())
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run directory."""
+
+
+class RunLock:
+    """An exclusive `flock` on `<run_dir>/.lock`, held while a run runs; the kernel drops it when the
+    process dies, however it dies, so a lock can never be left stale.
+
+    Raises:
+        RunLockedError: on enter, when another process holds it (its host and pid named).
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunLockedError(
+                    f"{self.path.parent} is in use by another run ({holder}); wait for it or use another "
+                    "hydra.run.dir"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host={socket.gethostname()} pid={os.getpid()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def is_locked(run_dir: str | Path) -> bool:
+    """True when a live process holds `run_dir`'s lock (a `running` record there is really running)."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def effective_status(record: RunRecord) -> str:
+    """The record's status, with `running` turned into `interrupted` when no live process holds its run
+    directory (a record left by a killed job). Records read from W&B keep their status."""
+    if record.status != "running" or not record.run_dir or not Path(record.run_dir).is_dir():
+        return record.status
+    return "running" if is_locked(record.run_dir) else "interrupted"
 
 
 def package_versions() -> dict[str, str]:

@@ -1,11 +1,12 @@
-"""Experiment tracking: every run is a W&B run (offline by default), or nothing with `logger=none`.
+"""Experiment tracking, the W&B adapter: every run is a W&B run (offline by default), or nothing.
 
 One code path serves offline, online and none: the pipeline logs through a `Tracker`, and the trainer
 reports its curves through `Tracker.callback()` (TRL's own `report_to="wandb"` stays off).
 
-What reaches W&B: the resolved config; a group naming everything but the seed (`run_group`), so the
-seeds of one setting sit together; tags for model, dataset and masking; training curves against
-`train/global_step`; evaluation metrics in the summary; per-turn results as a `wandb.Table`.
+What reaches W&B: the resolved config; a group naming everything but the seed
+(`sft_sweeps.identity.run_group`), so the seeds of one setting sit together; tags for model, dataset and
+masking; training curves against `train/global_step`; evaluation metrics in the summary; per-item results
+of each benchmark as a `wandb.Table`.
 
 Example:
     >>> tracker = make_tracker(cfg, run_dir)           # doctest: +SKIP
@@ -22,118 +23,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from sft_sweeps.record import UNHASHED_KEYS, config_digest
+from sft_sweeps.identity import as_dict as _as_dict
+from sft_sweeps.identity import masking_label, masking_params, run_group, run_name, run_tags
 
 log = logging.getLogger(__name__)
 
-# The keys the config hash leaves out, plus what varies inside a group (seed) or only names the sweep.
-_UNGROUPED_KEYS = ("seed", "sweep_name", *UNHASHED_KEYS)
-# Short names of the masking parameters in labels, in the order they are shown.
-_MASKING_ABBREV = {
-    "prompt_weight": "pw",
-    "turn_schedule": "sched",
-    "turn_decay": "decay",
-    "message_weight_field": "mwf",
-    "expand_turns": "expand",
-}
-# MaskingConfig's defaults; a label shows a parameter only when it differs (prompt_weight always for
-# `weighted`, where it is the point).
-_MASKING_DEFAULTS = {
-    "prompt_weight": 0.0,
-    "turn_schedule": "constant",
-    "turn_decay": 1.0,
-    "message_weight_field": "weight",
-    "expand_turns": False,
-}
-
-
-def _as_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
-    return dict(cfg)
-
-
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def masking_params(masking: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The masking parameters worth naming: those that differ from the defaults, and `prompt_weight`
-    always for `weighted` (where it is the point). In `_MASKING_ABBREV` order."""
-    masking = _as_dict(masking)
-    name = str(masking.get("name"))
-    return {
-        key: masking[key]
-        for key in _MASKING_ABBREV
-        if key in masking
-        and (masking[key] != _MASKING_DEFAULTS[key] or (key == "prompt_weight" and name == "weighted"))
-    }
-
-
-def masking_label(masking: DictConfig | Mapping[str, Any]) -> str:
-    """A short, stable name for a masking config: the strategy plus `masking_params`.
-
-    Args:
-        masking: the `masking` node (or its dict), e.g. `cfg.masking`.
-
-    Returns:
-        e.g. `"all"`, `"weighted(pw=0.1)"`, `"weighted(pw=0.1,sched=decay,decay=0.5)"`.
-    """
-    masking = _as_dict(masking)
-    params = [f"{_MASKING_ABBREV[k]}={_fmt_value(v)}" for k, v in masking_params(masking).items()]
-    return f"{masking.get('name')}({','.join(params)})" if params else str(masking.get("name"))
-
-
-def setting_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """8 hex digits of sha256 over the resolved config without seed, sweep name and logging keys.
-
-    Two runs with the same hash differ only by seed (or by how they were observed).
-    """
-    return config_digest(_as_dict(cfg), _UNGROUPED_KEYS, 8)
-
-
-def run_group(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """The W&B group of a run: everything but the seed, readable first, exact by a config hash.
-
-    The readable part names sweep, model, dataset and masking; the hash covers every other key (a swept
-    learning rate or model width), so runs in one group differ by seed only. The report groups runs
-    the same way.
-
-    Args:
-        cfg: the full resolved config (a DictConfig, or the `config` dict of a result.json).
-
-    Returns:
-        e.g. `"masking_seeds/model=tiny,dataset=synthetic,masking=weighted(pw=0.1),cfg=1a2b3c4d"`.
-    """
-    c = _as_dict(cfg)
-    return (
-        f"{c.get('sweep_name', 'default')}/model={c['model']['name']},dataset={c['dataset']['name']},"
-        f"masking={masking_label(c['masking'])},cfg={setting_hash(c)}"
-    )
-
-
-def run_name(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """Display name of a run: its masking label and seed, e.g. `"weighted(pw=0.1)-seed1"`."""
-    c = _as_dict(cfg)
-    return f"{masking_label(c['masking'])}-seed{c.get('seed')}"
-
-
-def run_tags(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
-    """Tags for model, dataset and masking, then `logger.tags` from the config."""
-    c = _as_dict(cfg)
-    extra = list((c.get("logger") or {}).get("tags") or [])
-    return [
-        f"model:{c['model']['name']}",
-        f"dataset:{c['dataset']['name']}",
-        f"masking:{c['masking']['name']}",
-        *extra,
-    ]
+# Re-exported: what names a run lives in sft_sweeps.identity; this module only talks to W&B.
+__all__ = ["Tracker", "make_tracker", "masking_label", "masking_params", "run_group", "run_name", "run_tags"]
 
 
 class Tracker:

@@ -240,9 +240,12 @@ def test_records_without_task_get_nll_only(tok, test_split):
 
 def test_no_conversations(tok):
     result = evaluate(tiny_llama(tok), tok, [], eval_cfg(), progress=False)
-    assert (
-        result.metrics == {"num_conversations": 0.0, "num_nll_only_conversations": 0.0} and not result.items
-    )
+    assert result.metrics == {
+        "num_conversations": 0.0,
+        "num_nll_conversations": 0.0,
+        "num_nll_only_conversations": 0.0,
+    }
+    assert not result.items
 
 
 def test_max_conversations(tok, test_split):
@@ -295,9 +298,10 @@ def test_evaluate_app_scores_a_saved_model_on_the_pipeline_test_split(tok, tmp_p
     overfit_llama(tok, test[:2]).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     record = run_evaluation(cfg, tmp_path)
-    assert record["metrics"]["turn_exact_match"] == 1.0
-    assert record["metrics"]["conversation_success"] == 1.0
-    assert {item["id"] for item in record["eval_items"]} == {test[0]["id"], test[1]["id"]}
+    assert record["metrics"]["synthetic/turn_exact_match"] == 1.0
+    assert record["metrics"]["synthetic/conversation_success"] == 1.0
+    assert {item["id"] for item in record["eval_items"]["synthetic"]} == {test[0]["id"], test[1]["id"]}
+    assert {item["id"] for item in record["eval_items"]["nll"]} == {test[0]["id"], test[1]["id"]}
     assert json.loads((tmp_path / RESULT_NAME).read_text())["metrics"] == record["metrics"]
 
 

@@ -44,7 +44,7 @@ def _records(sweep_dir: Path) -> dict[str, dict]:
 
 
 def _by_strategy(sweep_dir: Path) -> dict[str, dict]:
-    return {r["strategy"]: r for r in _records(sweep_dir).values()}
+    return {r["config"]["masking"]["name"]: r for r in _records(sweep_dir).values()}
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,11 @@ def test_cli_sweep_runs_every_strategy_and_prints_a_comparison(cli_sweep) -> Non
     out, tmp_path = cli_sweep
     assert out.returncode == 0, out.stderr[-3000:]
     records = _records(tmp_path / "sweep")
-    assert len(records) == 4 and all(name.endswith(",seed=0") or "-" in name for name in records)
+    # Folder names any tool takes as a path: no `,` or `=`.
+    assert len(records) == 4 and all(name.endswith("__seed-0") for name in records)
+    assert not any(c in name for name in records for c in ",=")
     assert {r["status"] for r in records.values()} == {"done"}
-    assert sorted(r["strategy"] for r in records.values()) == ["all", "full", "last", "weighted"]
+    assert sorted(r["strategy"] for r in records.values()) == ["all", "full", "last", "weighted(pw=0.1)"]
     # Progress while training, and the comparison table at the end of the sweep.
     assert "step 4/4" in out.stdout + out.stderr
     table_text = out.stdout
@@ -78,9 +80,15 @@ def test_result_json_holds_what_a_paper_table_needs(cli_sweep) -> None:
     assert record["config"]["masking"]["prompt_weight"] == pytest.approx(0.1)
     assert record["config"]["train"]["max_steps"] == 4
     assert len(record["config_hash"]) == 16
-    for name in ("turn_exact_match", "conversation_success", "stop_rate", "assistant_nll", "train_loss"):
+    for name in (
+        "synthetic/turn_exact_match",
+        "synthetic/conversation_success",
+        "synthetic/stop_rate",
+        "nll/assistant_nll",
+        "train_loss",
+    ):
         assert isinstance(record["metrics"][name], float)
-    assert 0.0 <= record["metrics"]["turn_exact_match"] <= 1.0
+    assert 0.0 <= record["metrics"]["synthetic/turn_exact_match"] <= 1.0
     assert record["metrics"]["train_steps"] == 4.0
     assert record["versions"]["torch"].startswith("2.13.0")
     assert record["versions"]["trl"] and record["versions"]["transformers"]
@@ -88,7 +96,8 @@ def test_result_json_holds_what_a_paper_table_needs(cli_sweep) -> None:
     assert len(record["data"]["fingerprint"]) >= 16
     assert record["data"]["masking"]["kept"] > 0
     assert record["wall_time_s"] > 0
-    assert record["eval_items"] and {"id", "turn", "correct"} <= set(record["eval_items"][0])
+    assert {"id", "turn", "correct"} <= set(record["eval_items"]["synthetic"][0])
+    assert {"id", "turn", "nll", "cut_tokens"} <= set(record["eval_items"]["nll"][0])
     # The saved model and tokenizer load with plain transformers.
     model = AutoModelForCausalLM.from_pretrained(record["model_path"])
     tokenizer = AutoTokenizer.from_pretrained(record["model_path"])
@@ -138,8 +147,8 @@ def test_bad_override_fails_before_any_work(tmp_path: Path) -> None:
 
 def test_run_in_process_returns_the_record(tiny_cfg, tmp_path: Path) -> None:
     record = run(tiny_cfg, run_dir=str(tmp_path / "job"))
-    assert record["status"] == "done"
-    assert read_record(tmp_path / "job") == json.loads(json.dumps(record, default=str))
+    assert record.status == "done"
+    assert read_record(tmp_path / "job") == json.loads(json.dumps(record.to_dict(), default=str))
 
 
 def test_record_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

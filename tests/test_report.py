@@ -25,10 +25,11 @@ from sft_sweeps.report import (
     write_report,
 )
 from sft_sweeps.report.__main__ import main as report_main
+from sft_sweeps.identity import RunRecord, run_group
 from sft_sweeps.report.stats import holm, mean_ci, paired_permutation, paired_t
-from sft_sweeps.tracking import run_group
 from tests.conftest import compose_config
 
+TEM = "synthetic/turn_exact_match"
 # Per-strategy accuracy of turn k (1-based) in the fixtures: `all` best, `full` worst.
 BASE = {"full": 0.30, "last": 0.45, "all": 0.60, "weighted": 0.55}
 SEED_NOISE = {0: 0.00, 1: 0.03, 2: -0.02}
@@ -53,7 +54,8 @@ def _items(accuracy: float, seed: int) -> list[dict]:
                     "id": f"test-{c}",
                     "task": "state_tracking",
                     "turn": turn,
-                    "correct": bool(rng.random() < p),
+                    "correct": (correct := bool(rng.random() < p)),
+                    "own_correct": correct,
                     "stopped": True,
                     "nll": float(1.0 - p),
                 }
@@ -161,7 +163,10 @@ def test_stats_known_values() -> None:
 def test_load_records(sweeps: Path, tmp_path: Path) -> None:
     main = load_records(str(sweeps / "main"))
     assert len(main) == 11
-    assert [r["source"] for r in main] == sorted(r["source"] for r in main)
+    assert [r.source for r in main] == sorted(r.source for r in main)
+    # Written before benchmark prefixes: read under today's keys.
+    assert main[0].metrics["synthetic/turn_exact_match"] == main[0].metric("synthetic/turn_exact_match")
+    assert isinstance(main[0].items_for("synthetic"), list) and main[0].items_for("judge") is None
     assert len(load_records([str(sweeps / "*"), str(sweeps / "main")])) == 17  # read once each
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_records(str(tmp_path / "nowhere"))
@@ -173,7 +178,7 @@ def test_load_records(sweeps: Path, tmp_path: Path) -> None:
     (bad / "result.json").write_text(json.dumps({"status": "done", "seed": 0}))
     with pytest.raises(RecordError, match="result.json: record has no field 'config'"):
         load_records(str(bad))
-    record = json.loads(Path(main[0]["source"]).read_text())
+    record = json.loads(Path(main[0].source).read_text())
     record["metrics"]["turn_exact_match"] = "high"
     (bad / "result.json").write_text(json.dumps(record))
     with pytest.raises(RecordError, match="field 'metrics.turn_exact_match' must be a number"):
@@ -201,63 +206,66 @@ def test_analysis_of_a_sweep_with_a_failed_and_a_missing_run(sweeps: Path) -> No
     assert setting.strategies == ["full", "last", "all", "weighted(pw=0.1)"]
     assert setting.seeds == {"full": [0, 1, 2], "last": [0, 2], "all": [0, 1, 2], "weighted(pw=0.1)": [0, 1]}
     assert setting.eval_metrics[:4] == [
-        "turn_exact_match",
-        "conversation_success",
-        "stop_rate",
-        "assistant_nll",
+        "synthetic/turn_exact_match",
+        "synthetic/conversation_success",
+        "synthetic/stop_rate",
+        "nll/assistant_nll",
     ]
     assert setting.train_metrics == ["train_loss", "train_runtime_s"]
 
     # Means and intervals over done runs only, checked against numpy/scipy on the raw records.
     records = {
-        (r["strategy"], r["seed"]): r for r in load_records(str(sweeps / "main")) if r["status"] == "done"
+        (r.config["masking"]["name"], r.seed): r.metrics
+        for r in load_records(str(sweeps / "main"))
+        if r.status == "done"
     }
-    values = [records[("all", s)]["metrics"]["turn_exact_match"] for s in (0, 1, 2)]
-    cell = setting.summary["turn_exact_match"]["all"]
+    values = [records[("all", s)][TEM] for s in (0, 1, 2)]
+    cell = setting.summary[TEM]["all"]
     assert cell.mean == pytest.approx(np.mean(values))
     assert cell.half_width == pytest.approx(
         scipy_stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / math.sqrt(3)
     )
-    weighted = [records[("weighted", s)]["metrics"]["turn_exact_match"] for s in (0, 1)]
-    assert setting.summary["turn_exact_match"]["weighted(pw=0.1)"].mean == pytest.approx(np.mean(weighted))
+    weighted = [records[("weighted", s)][TEM] for s in (0, 1)]
+    assert setting.summary[TEM]["weighted(pw=0.1)"].mean == pytest.approx(np.mean(weighted))
 
     picks = {p.metric: p for p in setting.picks}
-    assert picks["turn_exact_match"].best == "all" and picks["turn_exact_match"].tied == ["all"]
+    assert picks[TEM].best == "all" and picks[TEM].tied == ["all"]
     # stop_rate is 1.0 everywhere: a four-way tie, never significant.
     assert (
-        sorted(picks["stop_rate"].tied) == sorted(setting.strategies) and not picks["stop_rate"].significant
+        sorted(picks["synthetic/stop_rate"].tied) == sorted(setting.strategies)
+        and not picks["synthetic/stop_rate"].significant
     )
     # NLL: lower is better, so the best has the smallest mean.
-    nll = setting.summary["assistant_nll"]
-    assert picks["assistant_nll"].best == min(nll, key=lambda s: nll[s].mean)
+    nll = setting.summary["nll/assistant_nll"]
+    assert picks["nll/assistant_nll"].best == min(nll, key=lambda s: nll[s].mean)
 
-    comparisons = {c.strategy: c for c in setting.comparisons["turn_exact_match"]}
+    comparisons = {c.strategy: c for c in setting.comparisons[TEM]}
     full = comparisons["full"]
-    a = [records[("all", s)]["metrics"]["turn_exact_match"] for s in (0, 1, 2)]
-    b = [records[("full", s)]["metrics"]["turn_exact_match"] for s in (0, 1, 2)]
+    a = [records[("all", s)][TEM] for s in (0, 1, 2)]
+    b = [records[("full", s)][TEM] for s in (0, 1, 2)]
     assert full.seeds.n == 3 and full.seeds.p == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
     assert comparisons["last"].seeds.n == 2  # seeds paired: last has no seed 1
     assert full.gap == pytest.approx(np.mean(b) - np.mean(a))
-    raw = [c.seeds.p for c in setting.comparisons["turn_exact_match"]]
-    adjusted = [c.seeds_p_holm for c in setting.comparisons["turn_exact_match"]]
+    raw = [c.seeds.p for c in setting.comparisons[TEM]]
+    adjusted = [c.seeds_p_holm for c in setting.comparisons[TEM]]
     assert adjusted == pytest.approx(holm(raw))
     # Items: 60 turns averaged over 3 seeds; all is far ahead of full.
     assert full.items.n == 2 * N_CONVERSATIONS and full.items.p < 0.01
-    assert setting.comparisons["conversation_success"][0].items.n == N_CONVERSATIONS
-    assert picks["turn_exact_match"].runner_up == "weighted(pw=0.1)"
-    assert picks["turn_exact_match"].test == "seeds"
-    assert setting.by_depth["turn_exact_match"]["all"][1].n == 3
+    assert setting.comparisons["synthetic/conversation_success"][0].items.n == N_CONVERSATIONS
+    assert picks[TEM].runner_up == "weighted(pw=0.1)"
+    assert picks[TEM].test == "seeds"
+    assert setting.by_depth[TEM]["all"][1].n == 3
 
 
 def test_missing_weighted_run_names_its_overrides(sweeps: Path) -> None:
-    records = [r for r in load_records(str(sweeps / "main")) if (r["strategy"], r["seed"]) != ("weighted", 0)]
+    records = [r for r in load_records(str(sweeps / "main")) if (r.strategy, r.seed) != ("weighted", 0)]
     missing = {(m.strategy, m.seed): m.overrides for m in analyze(records).hygiene.missing}
     assert missing[("weighted(pw=0.1)", 0)] == "masking=weighted masking.prompt_weight=0.1 seed=0"
 
 
 def test_a_sweep_where_every_run_failed(base_config: dict, tmp_path: Path) -> None:
     records = [make_record(base_config, s, 0, status="failed") for s in ("full", "all")]
-    report = write_report(records, tmp_path)
+    report = write_report([RunRecord.from_dict(r, f"r{i}") for i, r in enumerate(records)], tmp_path)
     assert report.hygiene.done == 0 and len(report.hygiene.not_done) == 2
     assert "No completed run" in (tmp_path / "report.md").read_text()
     console = Console(record=True, width=200)
@@ -280,7 +288,7 @@ def test_report_outputs_are_complete_and_byte_identical(sweeps: Path, tmp_path: 
         "table.md",
         "tables.tex",
         "runs.csv",
-        "depth_turn_exact_match_main.png",
+        "depth_synthetic_turn_exact_match_main.png",
         "prompt_weight_pw.png",
     } <= set(files)
     for name in files:
@@ -292,16 +300,16 @@ def test_report_outputs_are_complete_and_byte_identical(sweeps: Path, tmp_path: 
     assert "RuntimeError: CUDA out of memory" in report
     assert "`masking=last seed=1`" in report
     assert "| all | 3 | **" in report  # the best turn_exact_match, in bold
-    assert "Holm" in report and "![depth_turn_exact_match_main.png]" in report
+    assert "Holm" in report and "![depth_synthetic_turn_exact_match_main.png]" in report
     table = (tmp_path / "a" / "table.md").read_text()
     assert (
-        "| strategy | n | turn_exact_match ↑ | conversation_success ↑ | stop_rate ↑ | assistant_nll ↓ |"
-        in table
+        "| strategy | n | synthetic/turn_exact_match ↑ | synthetic/conversation_success ↑ "
+        "| synthetic/stop_rate ↑ | nll/assistant_nll ↓ |" in table
     )
     assert table.rstrip().endswith("never averaged). Regenerate: `python -m sft_sweeps.report X`")
     tex = (tmp_path / "a" / "tables.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"weighted(pw=0.1)" in tex
-    assert r"turn\_exact\_match" in tex
+    assert r"synthetic/turn\_exact\_match" in tex
     rows = (tmp_path / "a" / "runs.csv").read_text().splitlines()
     assert len(rows) == 1 + len(records)
     assert rows[0].startswith("setting,sweep,strategy,seed,status,group,")
@@ -358,12 +366,13 @@ def test_record_from_wandb_run(base_config: dict) -> None:
         },
     )
     record = record_from_wandb_run(run)
-    assert record["status"] == "done" and record["seed"] == 1 and record["strategy"] == "weighted"
-    assert record["metrics"] == {"turn_exact_match": 0.5}
-    assert record["by_depth"] == {"turn_exact_match": {"1": 0.7}}
-    assert record["source"] == "wandb:team/proj/abc" and "_wandb" not in record["config"]
-    assert record["wall_time_s"] == 12.0
+    assert record.status == "done" and record.seed == 1 and record.label == "weighted(pw=0.1)"
+    assert record.metrics == {TEM: 0.5}
+    assert record.by_depth == {TEM: {"1": 0.7}}
+    assert record.source == "wandb:team/proj/abc" and "_wandb" not in record.config
+    assert record.wall_time_s == 12.0
     crashed = record_from_wandb_run(SimpleNamespace(**{**vars(run), "state": "crashed", "summary": {}}))
-    assert crashed["status"] == "failed" and crashed["error"] == "W&B run state: crashed"
-    report = analyze([record, crashed | {"seed": 2, "config": {**record["config"], "seed": 2}}])
+    assert crashed.status == "failed" and crashed.error == "W&B run state: crashed"
+    crashed.seed, crashed.config = 2, {**record.config, "seed": 2}
+    report = analyze([record, crashed])
     assert report.hygiene.done == 1 and len(report.hygiene.not_done) == 1

@@ -93,11 +93,11 @@ def test_a_rerun_reuses_its_wandb_run_id(tiny_cfg, tmp_path: Path, monkeypatch: 
         tiny_cfg.logger.mode = "offline"
     run_dir = tmp_path / "job"
     first = run(tiny_cfg, run_dir=str(run_dir))
-    assert first["status"] == "done" and first["wandb"]["run_id"]
+    assert first.status == "done" and first.wandb["run_id"]
 
     # The same run found failed (e.g. killed) is rerun under the same W&B id, not a duplicate.
-    write_json_atomic(run_dir / RECORD_NAME, {**first, "status": "failed"})
+    write_json_atomic(run_dir / RECORD_NAME, {**first.to_dict(), "status": "failed"})
     second = run(tiny_cfg, run_dir=str(run_dir))
-    assert second["status"] == "done"
-    assert second["wandb"]["run_id"] == first["wandb"]["run_id"]
+    assert second.status == "done"
+    assert second.wandb["run_id"] == first.wandb["run_id"]
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 2

@@ -2,9 +2,9 @@
 
 Every YAML file in this folder names `utils.MultiTurnTask` as its class. A document is one assistant turn
 of a held-out conversation with the reference history before it (`process_docs`); the prompt is that
-history rendered by the model's own chat template; the metric is exact match after stripping whitespace,
-as in `sft_sweeps.evaluation` (lm-eval scores the gold history only; conversation success needs the
-model's own answers as history and is measured by `python -m sft_sweeps.evaluate`).
+history rendered by the model's own chat template; the metric is `sft_sweeps.evaluation.exact_match`, the
+rule the pipeline uses (lm-eval scores the gold history only; conversation success needs the model's own
+answers as history and is measured by `python -m sft_sweeps.evaluate`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 
 import datasets
 from lm_eval.api.task import ConfigurableTask
+
+from sft_sweeps.evaluation.multiturn import exact_match
 
 TASKS_DIR = Path(__file__).resolve().parent
 
@@ -114,4 +116,4 @@ def doc_to_text(doc: dict) -> str:
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     """Exact match of the generated answer with the reference, surrounding whitespace ignored."""
-    return {"exact_match": float(results[0].strip() == doc["answer"].strip())}
+    return {"exact_match": float(exact_match(results[0], doc["answer"]))}

@@ -59,7 +59,7 @@ def write_report(
         slug = _slug(setting.name)
         made = []
         # Per-task breakdowns (`task/metric`) and counts stay in the records; plots show the overall metrics.
-        for metric in sorted(m for m in setting.by_depth if "/" not in m and is_eval_metric(m)):
+        for metric in sorted(m for m in setting.by_depth if m.count("/") <= 1 and is_eval_metric(m)):
             if plot_by_depth(setting, metric, out / f"depth_{_slug(metric)}_{slug}.png"):
                 made.append(f"depth_{_slug(metric)}_{slug}.png")
         if plot_prompt_weight(setting, out / f"prompt_weight_{slug}.png"):

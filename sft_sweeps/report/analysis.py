@@ -19,39 +19,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sft_sweeps.identity import SETTING_EXCLUDED_KEYS, RunRecord, masking_label, masking_params
+from sft_sweeps.metrics import is_compared, lookup, lower_is_better, sort_keys
+from sft_sweeps.record import effective_status
 from sft_sweeps.report.stats import ALPHA, MeanCI, PairedTest, holm, mean_ci, paired_permutation, paired_t
-from sft_sweeps.tracking import masking_label, masking_params
 
-# Shown first, and alone in the README table.
-KEY_METRICS = ("turn_exact_match", "conversation_success", "stop_rate", "assistant_nll")
+__all__ = ["analyze", "is_eval_metric", "lower_is_better", "place_runs"]
+
 STRATEGY_ORDER = ("full", "last", "all", "weighted")
-# Config keys that never define a setting: the seed varies within a cell, masking defines the strategy,
-# the rest say how a run was observed or where it wrote.
-_NOT_SETTING_KEYS = ("seed", "sweep_name", "masking", "logger", "resume", "cache_dir", "inspect")
-# Per-item evidence for a metric: (field of an eval item, level). `conversation` means all turns of a
-# conversation must be correct.
-ITEM_FIELDS = {
-    "turn_exact_match": ("correct", "turn"),
-    "own_history_exact_match": ("own_correct", "turn"),
-    "stop_rate": ("stopped", "turn"),
-    "assistant_nll": ("nll", "turn"),
-    "conversation_success": ("correct", "conversation"),
-}
-
-
-def lower_is_better(metric: str) -> bool:
-    """Direction of a metric: NLL, loss and perplexity fall as models improve; everything else rises."""
-    base = metric.rsplit("/", 1)[-1]
-    return any(word in base for word in ("nll", "loss", "perplexity", "ppl"))
+# The data a run trained and was scored on defines its setting too: runs on different data are never
+# paired or ranked against each other (a changed training file makes a new setting, not a silent mix).
+DATA_KEY = "data.fingerprint"
 
 
 def is_eval_metric(metric: str) -> bool:
-    """Evaluation metrics are compared across strategies; `train_*`, `num_*` and `*_s` are bookkeeping.
-
-    Training loss is not comparable across strategies: each minimizes a loss over different tokens.
-    """
-    base = metric.rsplit("/", 1)[-1]
-    return not (base.startswith(("train_", "num_")) or base.endswith("_s"))
+    """Compared across strategies (`sft_sweeps.metrics`); counts, times and the training loss are not."""
+    return is_compared(metric)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -78,7 +61,7 @@ def _strategy_key(masking: Mapping[str, Any]) -> tuple:
 class Run:
     """One record placed in the sweep: its setting, strategy and seed."""
 
-    record: dict[str, Any]
+    record: RunRecord
     sweep: str
     setting: str
     setting_overrides: tuple[str, ...]
@@ -89,18 +72,26 @@ class Run:
 
     @property
     def source(self) -> str:
-        return str(self.record.get("source", ""))
+        return str(self.record.source or "")
 
     @property
     def masking(self) -> dict[str, Any]:
-        return self.record["config"]["masking"]
+        return self.record.config["masking"]
 
     def metric(self, name: str) -> float | None:
-        value = (self.record.get("metrics") or {}).get(name)
-        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+        return self.record.metric(name)
+
+    def skipped_records(self) -> int:
+        """Records of the data source skipped as invalid (`dataset.on_invalid=skip`), over all splits."""
+        stats = (self.record.data or {}).get("stats") or {}
+        return sum(
+            sum((split.get("skipped") or {}).values()) for split in stats.values() if isinstance(split, dict)
+        )
 
     def error_line(self) -> str:
-        lines = [line for line in str(self.record.get("error") or "").strip().splitlines() if line.strip()]
+        if self.status == "interrupted" and self.record.status == "running":
+            return "left `running` by a process that is gone (killed?); resume reruns it"
+        lines = [line for line in str(self.record.error or "").strip().splitlines() if line.strip()]
         return lines[-1].strip() if lines else ""
 
 
@@ -171,6 +162,8 @@ class Hygiene:
     missing: list[Missing] = field(default_factory=list)
     duplicates: list[Run] = field(default_factory=list)
     commits: list[str] = field(default_factory=list)
+    # setting -> records the data source skipped as invalid (the most any of its runs reports)
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,20 +173,25 @@ class SweepReport:
     hygiene: Hygiene
 
 
-def place_runs(records: Iterable[dict[str, Any]]) -> list[Run]:
-    """Give each record its setting (sweep name plus config keys that vary across records) and strategy."""
+def place_runs(records: Iterable[RunRecord]) -> list[Run]:
+    """Give each record its setting (sweep name plus config keys and data that vary across records) and
+    strategy. Done runs whose data fingerprints differ land in different settings."""
     records = list(records)
     flats = []
     for record in records:
-        config = {k: v for k, v in record["config"].items() if k not in _NOT_SETTING_KEYS}
-        flats.append(_flatten(config))
+        config = {k: v for k, v in record.config.items() if k not in SETTING_EXCLUDED_KEYS}
+        flat = _flatten(config)
+        if record.data_fingerprint:
+            flat[DATA_KEY] = json.dumps(record.data_fingerprint[:12])
+        flats.append(flat)
     keys = sorted({k for flat in flats for k in flat})
-    varying = [k for k in keys if len({flat.get(k) for flat in flats}) > 1]
+    # A record without a fingerprint (older, failed early) joins whatever data its setting has.
+    varying = [k for k in keys if len({flat.get(k) for flat in flats if k in flat or k != DATA_KEY}) > 1]
     runs = []
     for record, flat in zip(records, flats, strict=True):
-        overrides = tuple(f"{k}={_plain(flat.get(k))}" for k in varying)
-        sweep = str(record["config"].get("sweep_name", "default"))
-        masking = record["config"]["masking"]
+        overrides = tuple(f"{k}={_plain(flat.get(k))}" for k in varying if k in flat or k != DATA_KEY)
+        sweep = str(record.config.get("sweep_name", "default"))
+        masking = record.config["masking"]
         runs.append(
             Run(
                 record=record,
@@ -202,8 +200,8 @@ def place_runs(records: Iterable[dict[str, Any]]) -> list[Run]:
                 setting_overrides=overrides,
                 strategy=masking_label(masking),
                 strategy_key=_strategy_key(masking),
-                seed=int(record["seed"]),
-                status=str(record["status"]),
+                seed=record.seed,
+                status=effective_status(record),
             )
         )
     return sorted(runs, key=lambda r: (r.setting, r.strategy_key, r.seed, r.source))
@@ -238,27 +236,35 @@ def _pick_cells(runs: list[Run]) -> tuple[dict[tuple[str, str], dict[int, Run]],
 
 
 def _items_by_key(run: Run, metric: str) -> dict[tuple, float] | None:
-    """Per-item values of `metric` in one run (None when the records hold no per-item evidence)."""
-    task, _, base = metric.rpartition("/")
-    if base not in ITEM_FIELDS or not run.record.get("eval_items"):
+    """Per-item values of `metric` in one run (None when the records hold no per-item evidence).
+
+    The metric's benchmark, item field and level come from `sft_sweeps.metrics`; a task breakdown
+    (`synthetic/state_tracking/turn_exact_match`) keeps that task's items.
+    """
+    declared = lookup(metric)
+    if declared is None or declared.item_field is None:
         return None
-    name, level = ITEM_FIELDS[base]
+    items = run.record.items_for(declared.benchmark)
+    if not items:
+        return None
+    parts = metric.split("/")
+    task = parts[1] if len(parts) == 3 else None
     values: dict[tuple, list[float]] = defaultdict(list)
-    for item in run.record["eval_items"]:
+    for item in items:
         if task and item.get("task") != task:
             continue
-        value = item.get(name)
+        value = item.get(declared.item_field)
         if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
             return None  # a field missing or non-numeric on any item: no item-level test for this metric
         key = (
             (item.get("task"), item.get("id"))
-            if level == "conversation"
+            if declared.level == "conversation"
             else (item.get("task"), item.get("id"), item.get("turn"))
         )
         values[key].append(float(value))
     if not values:
         return None
-    if level == "conversation":
+    if declared.level == "conversation":
         return {k: float(all(v)) for k, v in values.items()}
     return {k: sum(v) / len(v) for k, v in values.items()}
 
@@ -285,12 +291,7 @@ def _analyze_setting(name: str, cells: dict[str, dict[int, Run]]) -> SettingRepo
     any_run = next(iter(next(iter(cells.values())).values()))
     strategies = sorted(cells, key=lambda s: next(iter(cells[s].values())).strategy_key)
     done = {s: {seed: r for seed, r in cells[s].items() if r.status == "done"} for s in strategies}
-    metric_names = sorted(
-        {m for runs in done.values() for r in runs.values() for m in (r.record.get("metrics") or {})}
-    )
-    ordered = [m for m in KEY_METRICS if m in metric_names] + [
-        m for m in metric_names if m not in KEY_METRICS
-    ]
+    ordered = sort_keys({m for runs in done.values() for r in runs.values() for m in r.record.metrics})
     eval_metrics = [m for m in ordered if is_eval_metric(m)]
     train_metrics = [m for m in ordered if not is_eval_metric(m)]
 
@@ -362,15 +363,13 @@ def _analyze_setting(name: str, cells: dict[str, dict[int, Run]]) -> SettingRepo
             picks.append(Pick(metric, best, best_mean, None, None, None, None, False, tied))
 
     by_depth: dict[str, dict[str, dict[int, MeanCI]]] = {}
-    depth_metrics = sorted(
-        {m for runs in done.values() for r in runs.values() for m in (r.record.get("by_depth") or {})}
-    )
+    depth_metrics = sorted({m for runs in done.values() for r in runs.values() for m in r.record.by_depth})
     for metric in depth_metrics:
         by_depth[metric] = {}
         for s in strategies:
             per_depth: dict[int, list[float]] = defaultdict(list)
             for r in done[s].values():
-                for depth, value in ((r.record.get("by_depth") or {}).get(metric) or {}).items():
+                for depth, value in (r.record.by_depth.get(metric) or {}).items():
                     if isinstance(value, int | float) and math.isfinite(value):
                         per_depth[int(depth)].append(float(value))
             if per_depth:
@@ -379,7 +378,7 @@ def _analyze_setting(name: str, cells: dict[str, dict[int, Run]]) -> SettingRepo
     fingerprints: dict[str, list[str]] = defaultdict(list)
     for s in strategies:
         for seed, r in sorted(done[s].items()):
-            fingerprint = ((r.record.get("data") or {}).get("fingerprint")) or "unknown"
+            fingerprint = r.record.data_fingerprint or "unknown"
             fingerprints[fingerprint].append(f"{s} seed={seed}")
 
     return SettingReport(
@@ -398,7 +397,7 @@ def _analyze_setting(name: str, cells: dict[str, dict[int, Run]]) -> SettingRepo
     )
 
 
-def analyze(records: Iterable[dict[str, Any]]) -> SweepReport:
+def analyze(records: Iterable[RunRecord]) -> SweepReport:
     """Arrange records into settings and strategies; compute means, tests, picks and hygiene.
 
     The expected grid of a sweep is every setting x strategy x seed seen anywhere in it; grid points with
@@ -443,7 +442,12 @@ def analyze(records: Iterable[dict[str, Any]]) -> SweepReport:
         ),
         missing=missing,
         duplicates=duplicates,
-        commits=sorted({str(r.record.get("git_commit")) for r in runs if r.record.get("git_commit")}),
+        commits=sorted({str(r.record.git_commit) for r in runs if r.record.git_commit}),
+        skipped={
+            setting: count
+            for setting in sorted({r.setting for r in runs})
+            if (count := max(r.skipped_records() for r in runs if r.setting == setting))
+        },
     )
     by_setting: dict[str, dict[str, dict[int, Run]]] = defaultdict(dict)
     for (setting, strategy), by_seed in cells.items():

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sft_sweeps.report.analysis import KEY_METRICS, analyze, lower_is_better
+from sft_sweeps.identity import RunRecord
+from sft_sweeps.metrics import headline_keys, lower_is_better, short_name
+from sft_sweeps.report.analysis import analyze
 from sft_sweeps.report.records import load_records
 from sft_sweeps.report.render import fmt
 
-# Column headers that fit a terminal; the full names are in the report.
-_SHORT = {
-    "turn_exact_match": "turn EM",
-    "conversation_success": "conv",
-    "stop_rate": "stop",
-    "assistant_nll": "nll",
-}
-_STATUS_STYLE = {"done": "green", "failed": "bold red", "missing": "yellow"}
+_STATUS_STYLE = {"done": "green", "failed": "bold red", "missing": "yellow", "interrupted": "bold red"}
 
 
-def sweep_table(records: list[dict[str, Any]]) -> tuple[Table, list[str]]:
-    """A rich table of a sweep's runs, missing grid points included (strategy, seed, status, key metrics,
-    wall time), and one note per run not done: its error or the overrides that would run it."""
+def sweep_table(records: list[RunRecord]) -> tuple[Table, list[str]]:
+    """A rich table of a sweep's runs, missing grid points included (strategy, seed, status, headline
+    metrics, wall time), and one note per run not done (its error or the overrides that would run it)
+    and per setting whose data source had records skipped as invalid."""
     report = analyze(records)
-    metrics = [m for m in KEY_METRICS if any(r.metric(m) is not None for r in report.runs)]
+    metrics = headline_keys({m for r in report.runs for m in r.record.metrics})
     several = len(report.settings) > 1
     table = Table(
         title=f"{report.hygiene.done}/{report.hygiene.expected} runs done",
@@ -41,7 +35,7 @@ def sweep_table(records: list[dict[str, Any]]) -> tuple[Table, list[str]]:
     table.add_column("seed", justify="right")
     table.add_column("status", min_width=7)
     for m in metrics:
-        table.add_column(f"{_SHORT.get(m, m)}{'↓' if lower_is_better(m) else '↑'}", justify="right")
+        table.add_column(f"{short_name(m)}{'↓' if lower_is_better(m) else '↑'}", justify="right")
     table.add_column("wall s", justify="right")
     rows = [
         (
@@ -51,7 +45,7 @@ def sweep_table(records: list[dict[str, Any]]) -> tuple[Table, list[str]]:
             r.strategy,
             r.status,
             [fmt(r.metric(m)) for m in metrics],
-            fmt(r.record.get("wall_time_s"), 0),
+            fmt(r.record.wall_time_s, 0),
             r.error_line() or "no error recorded",
         )
         for r in report.runs
@@ -80,6 +74,9 @@ def sweep_table(records: list[dict[str, Any]]) -> tuple[Table, list[str]]:
         if status != "done":
             where = f"{setting} " if several else ""
             notes.append(f"{where}{strategy} seed={seed} {status}: {note}")
+    for setting, count in report.hygiene.skipped.items():
+        where = f"{setting}: " if several else ""
+        notes.append(f"{where}{count} source records skipped as invalid (reasons: data.stats in result.json)")
     return table, notes
 
 

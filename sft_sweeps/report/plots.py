@@ -12,7 +12,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sft_sweeps.report.analysis import KEY_METRICS, SettingReport, lower_is_better
+from sft_sweeps.metrics import headline_keys, lower_is_better
+from sft_sweeps.report.analysis import SettingReport
 from sft_sweeps.report.stats import MeanCI
 
 DPI = 110
@@ -85,7 +86,7 @@ def plot_prompt_weight(setting: SettingReport, path: Path) -> Path | None:
     """Key metrics against the prompt-loss weight (mean, 95% CI), with the other strategies as dashed
     reference lines. None when the weight was not swept."""
     lines = prompt_weight_lines(setting)
-    metrics = [m for m in KEY_METRICS if m in setting.summary] or setting.eval_metrics[:4]
+    metrics = headline_keys(list(setting.summary)) or setting.eval_metrics[:4]
     if not lines or not metrics:
         return None
     colors = _colors(setting.strategies)

@@ -9,16 +9,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-RECORD_NAME = "result.json"  # as written by `sft_sweeps.record`
-# Fields the report cannot do without; a record lacking one is an error that names file and field.
-REQUIRED_FIELDS = ("status", "seed", "config")
-REQUIRED_CONFIG = ("model", "dataset", "masking")
+from sft_sweeps.identity import RecordError, RunRecord
+from sft_sweeps.record import RECORD_NAME
+
+__all__ = ["RecordError", "fetch_wandb_records", "load_records", "record_from_wandb_run"]
+
 # Summary keys of a W&B run that are not end-of-run metrics.
-_WANDB_NON_METRICS = ("_", "train/", "eval/", "data/", "by_depth/")
-
-
-class RecordError(ValueError):
-    """A record is unreadable or lacks a field; the message names the file and the field."""
+_WANDB_NON_METRICS = ("_", "train/", "eval/", "data/", "by_depth/", "eval_items/")
 
 
 def _record_files(spec: str) -> list[Path]:
@@ -34,35 +31,12 @@ def _record_files(spec: str) -> list[Path]:
     return files
 
 
-def validate_record(record: Any, source: str) -> dict[str, Any]:
-    """Check the fields the report needs. Raises RecordError naming `source` and the field."""
-    if not isinstance(record, dict):
-        raise RecordError(f"{source}: a record must be a JSON object, got {type(record).__name__}")
-    for key in REQUIRED_FIELDS:
-        if key not in record:
-            raise RecordError(f"{source}: record has no field {key!r}")
-    if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
-        raise RecordError(f"{source}: field 'seed' must be an integer, got {record['seed']!r}")
-    if not isinstance(record["config"], dict):
-        raise RecordError(f"{source}: field 'config' must be an object")
-    for key in REQUIRED_CONFIG:
-        if not isinstance(record["config"].get(key), dict) or "name" not in record["config"][key]:
-            raise RecordError(f"{source}: field 'config.{key}.name' is missing")
-    if record["status"] == "done":
-        metrics = record.get("metrics")
-        if not isinstance(metrics, dict):
-            raise RecordError(f"{source}: a done record needs field 'metrics' (an object)")
-        for name, value in metrics.items():
-            if value is not None and not isinstance(value, int | float):
-                raise RecordError(f"{source}: field 'metrics.{name}' must be a number, got {value!r}")
-    return record
-
-
-def load_records(paths_or_globs: str | Iterable[str]) -> list[dict[str, Any]]:
+def load_records(paths_or_globs: str | Iterable[str]) -> list[RunRecord]:
     """Read every `result.json` under the given sweep dirs, run dirs, files or glob patterns.
 
-    Each record gets a `source` field: the file it came from. Records are sorted by source, and a file
-    named twice is read once.
+    Each record's `source` is the file it came from. Records are sorted by source, and a file named twice
+    is read once. Records written by older versions (unprefixed metric names, job folders named
+    `masking=all,seed=0`) are read the same way.
 
     Example:
         >>> records = load_records(["multirun/masking_seeds"])   # doctest: +SKIP
@@ -91,9 +65,7 @@ def load_records(paths_or_globs: str | Iterable[str]) -> list[dict[str, Any]]:
             record = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise RecordError(f"{path}: not valid JSON ({e})") from e
-        record = validate_record(record, str(path))
-        record["source"] = str(path)
-        records.append(record)
+        records.append(RunRecord.from_dict(record, str(path)))
     return records
 
 
@@ -104,7 +76,7 @@ def _unwrap(value: Any) -> Any:
     return value
 
 
-def record_from_wandb_run(run: Any) -> dict[str, Any]:
+def record_from_wandb_run(run: Any) -> RunRecord:
     """Turn a W&B public-API run into the record shape of `result.json` (no eval items, no data stats).
 
     Uses `run.id`, `run.path`, `run.group`, `run.state`, `run.config` and `run.summary`. Metrics are the
@@ -120,8 +92,8 @@ def record_from_wandb_run(run: Any) -> dict[str, Any]:
     for key, value in summary.items():
         if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
             continue
-        if key.startswith("by_depth/") and key.count("/") == 2:
-            _, metric, depth = key.split("/")
+        if key.startswith("by_depth/") and key.count("/") >= 2:
+            metric, depth = key.removeprefix("by_depth/").rsplit("/", 1)
             by_depth.setdefault(metric, {})[depth] = float(value)
         elif not key.startswith(_WANDB_NON_METRICS):
             metrics[key] = float(value)
@@ -141,12 +113,11 @@ def record_from_wandb_run(run: Any) -> dict[str, Any]:
         "data": None,
         "wall_time_s": summary.get("_runtime"),
         "wandb": {"run_id": run.id, "mode": "online"},
-        "source": f"wandb:{path}",
     }
-    return validate_record(record, record["source"])
+    return RunRecord.from_dict(record, f"wandb:{path}")
 
 
-def fetch_wandb_records(entity_project: str, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def fetch_wandb_records(entity_project: str, filters: dict[str, Any] | None = None) -> list[RunRecord]:
     """All runs of a W&B project (`entity/project`) as records, through `wandb.Api()` (needs a login).
 
     Args:
@@ -156,4 +127,4 @@ def fetch_wandb_records(entity_project: str, filters: dict[str, Any] | None = No
     import wandb
 
     runs = wandb.Api().runs(entity_project, filters=filters or {})
-    return sorted((record_from_wandb_run(run) for run in runs), key=lambda r: r["source"])
+    return sorted((record_from_wandb_run(run) for run in runs), key=lambda r: r.source or "")

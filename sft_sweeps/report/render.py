@@ -7,7 +7,8 @@ import io
 import re
 from typing import Any
 
-from sft_sweeps.report.analysis import KEY_METRICS, Pick, SettingReport, SweepReport, lower_is_better
+from sft_sweeps.metrics import headline_keys, lower_is_better
+from sft_sweeps.report.analysis import Pick, SettingReport, SweepReport
 from sft_sweeps.report.stats import ALPHA, CONFIDENCE, PERMUTATIONS, MeanCI
 
 METHOD = f"""\
@@ -172,6 +173,11 @@ def _hygiene_md(report: SweepReport) -> str:
         )
     elif h.commits:
         out.append(f"- Code: one version, `{h.commits[0]}`.")
+    for setting, count in h.skipped.items():
+        out.append(
+            f"- {setting}: **{count} source records skipped as invalid** (by reason in result.json, "
+            "`data.stats`)."
+        )
     text = "\n".join(out) + "\n"
     if h.not_done:
         rows = [
@@ -233,7 +239,7 @@ def readme_table_md(report: SweepReport, command: str) -> str:
     """The README snippet: key metrics per setting, and the command that regenerates it."""
     parts = []
     for setting in report.settings:
-        metrics = [m for m in KEY_METRICS if m in setting.eval_metrics] or setting.eval_metrics
+        metrics = headline_keys(setting.eval_metrics) or setting.eval_metrics
         n_seeds = sorted({len(v) for v in setting.seeds.values()})
         seeds = f"{'/'.join(map(str, n_seeds))} seed{'' if n_seeds == [1] else 's'}"
         parts.append(f"**{setting.name}**: mean ± {CONFIDENCE:.0%} CI over {seeds}; best in bold.\n")
@@ -380,29 +386,29 @@ CSV_FIELDS = (
 
 def runs_csv(report: SweepReport) -> str:
     """Every record (done or not, duplicates included) with its metrics; floats in repr, rows sorted."""
-    from sft_sweeps.tracking import run_group
+    from sft_sweeps.identity import run_group
 
-    metrics = sorted({m for r in report.runs for m in (r.record.get("metrics") or {})})
+    metrics = sorted({m for r in report.runs for m in r.record.metrics})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*CSV_FIELDS, *metrics])
     for r in report.runs:
-        rec: dict[str, Any] = r.record
+        rec = r.record
         row = [
             r.setting,
             r.sweep,
             r.strategy,
             r.seed,
             r.status,
-            rec.get("group") or run_group(rec["config"]),
-            rec.get("config_hash", ""),
-            _csv_value(rec.get("wall_time_s")),
-            rec.get("git_commit") or "",
-            (rec.get("data") or {}).get("fingerprint", ""),
+            rec.group or run_group(rec.config),
+            rec.config_hash,
+            _csv_value(rec.wall_time_s),
+            rec.git_commit or "",
+            rec.data_fingerprint or "",
             r.error_line(),
             r.source,
         ]
-        row += [_csv_value((rec.get("metrics") or {}).get(m)) for m in metrics]
+        row += [_csv_value(rec.metrics.get(m)) for m in metrics]
         writer.writerow(row)
     return buffer.getvalue()
 
