@@ -9,7 +9,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sft_sweeps.config import job_dirname, register_configs, validate
+from sft_sweeps.cli import errors_reported, in_multirun
+from sft_sweeps.config import ConfigError, job_dirname, register_configs, validate
 
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 register_configs()
@@ -17,10 +18,12 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    validate(cfg)  # range errors name their key before the heavy imports below
-    from sft_sweeps.pipeline import run
+    # A wrong setting is one line naming its key; in a multirun each job's failure is recorded instead.
+    with errors_reported(ConfigError, FileNotFoundError, enabled=not in_multirun()):
+        validate(cfg)  # range errors name their key before the heavy imports below
+        from sft_sweeps.pipeline import run
 
-    result = run(cfg)
+        result = run(cfg)
     return result.get("metrics", {}).get("turn_exact_match")
 
 

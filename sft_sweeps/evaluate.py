@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from sft_sweeps.cli import errors_reported, in_multirun
 from sft_sweeps.config import Config, ConfigError, job_dirname, register_configs, validate
 
 log = logging.getLogger(__name__)
@@ -43,19 +44,20 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         The record written: `model_path`, `metrics`, `by_depth`, `eval_items`, `lm_eval`, `data`, `config`.
 
     Raises:
-        ConfigError: `eval.model_path` is missing or not a directory.
+        ConfigError: `eval.model_path` is missing, not a directory, or holds no model or tokenizer.
     """
     settings: Config = validate(cfg)
     model_path = settings.eval.model_path
     if model_path is None or not Path(model_path).is_dir():
         raise ConfigError(f"eval.model_path must be a saved model directory, got {model_path!r}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from sft_sweeps.data import load_splits
     from sft_sweeps.evaluation import evaluate, run_configured_lm_eval
+    from sft_sweeps.modeling import load_pretrained_model
     from sft_sweeps.record import write_json_atomic
+    from sft_sweeps.tokenizer import load_pretrained_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=settings.model.trust_remote_code)
+    key = "eval.model_path"
+    tokenizer = load_pretrained_tokenizer(model_path, settings.model.trust_remote_code, key)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs: dict[str, Any] = {
@@ -66,7 +68,7 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     }
     if settings.model.attn_implementation is not None:
         kwargs["attn_implementation"] = settings.model.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    model = load_pretrained_model(model_path, kwargs, key)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
     splits = load_splits(settings.dataset)
@@ -142,7 +144,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    record = run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
+    with errors_reported(ConfigError, FileNotFoundError, enabled=not in_multirun()):
+        record = run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
     return record["metrics"].get("turn_exact_match")
 
 
