@@ -165,7 +165,9 @@ def _checksum(table: pa.Table) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
     for name in _COLUMNS:
         array = table.column(name).combine_chunks()
-        h.update(f"/{name}:{array.type}:{len(array)}:{array.null_count}/".encode())
+        # A list's item field is renamed by parquet ("item" -> "element"): hash the value type only.
+        dtype = f"list<{array.type.value_type}>" if pa.types.is_list(array.type) else str(array.type)
+        h.update(f"/{name}:{dtype}:{len(array)}:{array.null_count}/".encode())
         if pa.types.is_list(array.type):
             offsets = array.offsets.to_numpy()
             h.update((offsets - offsets[0]).astype(np.int64).tobytes())
