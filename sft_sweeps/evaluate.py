@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from sft_sweeps.cli import errors_reported, in_multirun
 from sft_sweeps.config import Config, ConfigError, register_configs, validate
 from sft_sweeps.identity import job_dirname
 from sft_sweeps.metrics import lower_is_better, short_name, sort_keys
@@ -45,21 +46,22 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         The record written: `model_path`, `metrics`, `by_depth`, `eval_items`, `lm_eval`, `data`, `config`.
 
     Raises:
-        ConfigError: `eval.model_path` is missing or not a directory.
+        ConfigError: `eval.model_path` is missing, not a directory, or holds no model or tokenizer.
     """
     settings: Config = validate(cfg)
     model_path = settings.eval.model_path
     if model_path is None or not Path(model_path).is_dir():
         raise ConfigError(f"eval.model_path must be a saved model directory, got {model_path!r}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from sft_sweeps.data import load_splits
     from sft_sweeps.evaluation.benchmarks import EvalContext, run_benchmarks
+    from sft_sweeps.modeling import load_pretrained_model
     from sft_sweeps.pipeline import check_before_work, model_window
     from sft_sweeps.record import write_json_atomic
+    from sft_sweeps.tokenizer import load_pretrained_tokenizer
 
     check_before_work(settings)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=settings.model.trust_remote_code)
+    key = "eval.model_path"
+    tokenizer = load_pretrained_tokenizer(model_path, settings.model.trust_remote_code, key)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs: dict[str, Any] = {
@@ -70,7 +72,7 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     }
     if settings.model.attn_implementation is not None:
         kwargs["attn_implementation"] = settings.model.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    model = load_pretrained_model(model_path, kwargs, key)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
     splits = load_splits(settings.dataset)
@@ -120,7 +122,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    record = run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
+    with errors_reported(ConfigError, FileNotFoundError, enabled=not in_multirun()):
+        record = run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
     return record["metrics"].get(cfg.optimized_metric)
 
 

@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.text import Text
 
-from sft_sweeps.config import Config, ConfigError, MaskingConfig, Strategy, register_configs, validate
+from sft_sweeps.cli import errors_reported
+from sft_sweeps.config import Config, MaskingConfig, Strategy, register_configs, validate
 from sft_sweeps.masking import KIND_NAMES, Annotator, Conversation, assistant_turns, sample_weights
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -157,7 +158,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    try:
+    # Bad overrides, paths, data or template: one line saying which.
+    with errors_reported(HydraException, ValueError, FileNotFoundError):
         main()
-    except (HydraException, ConfigError, ValueError) as e:  # bad overrides, data or template: say which
-        sys.exit(f"sft_sweeps.inspect: {type(e).__name__}: {e}")

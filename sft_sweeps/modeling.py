@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -12,6 +14,7 @@ from transformers import (
 )
 
 from sft_sweeps.config import ModelConfig
+from sft_sweeps.pretrained import LOAD_ERRORS, MODEL_FILES, check_local, load_error
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -20,6 +23,9 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrai
     """Build the model of `cfg`: random init from `cfg.arch` when `cfg.pretrained` is null, else load it.
 
     Seed the RNGs before calling: the random init depends on them.
+
+    Raises:
+        ConfigError: `cfg.pretrained` names no loadable model (the message names `model.pretrained`).
     """
     if cfg.pretrained is None:
         arch = cfg.arch
@@ -43,12 +49,25 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrai
         kwargs = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
         if cfg.attn_implementation is not None:
             kwargs["attn_implementation"] = cfg.attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(cfg.pretrained, **kwargs)
+        model = load_pretrained_model(cfg.pretrained, kwargs, "model.pretrained")
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def load_pretrained_model(name_or_path: str, kwargs: dict[str, Any], key: str) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)`, with errors naming `key` and the path.
+
+    Raises:
+        ConfigError: no model at `name_or_path` (not a model directory, or not found on the hub).
+    """
+    check_local(name_or_path, key, "model", MODEL_FILES)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except LOAD_ERRORS as e:
+        raise load_error(name_or_path, key, "model", e) from e
 
 
 def count_parameters(model: torch.nn.Module) -> int:

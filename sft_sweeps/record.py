@@ -16,11 +16,11 @@ import logging
 import os
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from sft_sweeps.files import create_temp
 from sft_sweeps.identity import RecordError, RunRecord
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,13 @@ LOCK_NAME = ".lock"
 
 
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
-    """Write JSON to `path` via a temporary file in the same directory and an atomic rename."""
+    """Write JSON to `path` via a temporary file in the same directory and an atomic rename.
+
+    The file gets the permissions of a normal file under the umask (0644 under 022), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True, default=str)

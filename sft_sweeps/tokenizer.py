@@ -17,6 +17,9 @@ from tokenizers import AddedToken as RawAddedToken
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from sft_sweeps.config import ConfigError
+from sft_sweeps.pretrained import LOAD_ERRORS, TOKENIZER_FILES, check_local, load_error
+
 PAD, EOT, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -63,16 +66,39 @@ def build_embedded_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name_or_path: str, trust_remote_code: bool = False, key: str = "model.tokenizer"
+) -> PreTrainedTokenizerBase:
     """`embedded` builds the offline tokenizer; anything else goes to `AutoTokenizer.from_pretrained`.
 
     A tokenizer without a pad token gets its end-of-sequence token as pad, as TRL does.
+
+    Args:
+        name_or_path: `embedded`, a hub id or a local directory.
+        trust_remote_code: passed to `from_pretrained`.
+        key: the config key `name_or_path` came from, named in errors.
+
+    Raises:
+        ConfigError: no tokenizer at `name_or_path`, or it has no chat template (names `key` and the path).
     """
     if name_or_path == "embedded":
         return build_embedded_tokenizer()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = load_pretrained_tokenizer(name_or_path, trust_remote_code, key)
     if tokenizer.chat_template is None:
-        raise ValueError(f"tokenizer {name_or_path!r} has no chat template; multi-turn masking needs one")
+        raise ConfigError(
+            f"{key}: tokenizer '{name_or_path}' has no chat template; multi-turn masking needs one"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_pretrained_tokenizer(
+    name_or_path: str, trust_remote_code: bool = False, key: str = "model.tokenizer"
+) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained`, with errors that name `key` and the path (a `ConfigError`)."""
+    check_local(name_or_path, key, "tokenizer", TOKENIZER_FILES)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except LOAD_ERRORS as e:
+        raise load_error(name_or_path, key, "tokenizer", e) from e

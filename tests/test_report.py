@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from scipy import stats as scipy_stats
 
+from sft_sweeps.identity import RunRecord, run_group
 from sft_sweeps.report import (
     RecordError,
     analyze,
@@ -25,7 +26,6 @@ from sft_sweeps.report import (
     write_report,
 )
 from sft_sweeps.report.__main__ import main as report_main
-from sft_sweeps.identity import RunRecord, run_group
 from sft_sweeps.report.stats import holm, mean_ci, paired_permutation, paired_t
 from tests.conftest import compose_config
 

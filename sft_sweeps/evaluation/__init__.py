@@ -17,7 +17,13 @@ from sft_sweeps.evaluation.benchmarks import (
 )
 from sft_sweeps.evaluation.generation import Generation, generate, prompt_ids
 from sft_sweeps.evaluation.harness import LM_EVAL_TASKS_DIR, run_configured_lm_eval, run_lm_eval
-from sft_sweeps.evaluation.multiturn import EvalResult, evaluate, evaluate_nll, evaluate_synthetic, exact_match
+from sft_sweeps.evaluation.multiturn import (
+    EvalResult,
+    evaluate,
+    evaluate_nll,
+    evaluate_synthetic,
+    exact_match,
+)
 
 __all__ = [
     "BENCHMARKS",

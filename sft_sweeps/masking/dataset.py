@@ -4,6 +4,10 @@ Rendering, tokenizing and labelling tokens is the expensive part and does not de
 it is cached under `cache_dir/masking/<key>.parquet`, keyed by the tokenizer (vocabulary, special tokens,
 chat template), the conversations' content and `expand_turns`. The cache holds untruncated samples, so runs
 that differ only in strategy, its parameters or `max_length` share one tokenization.
+
+Each entry stores the key it was written for and a checksum of its content. Both are checked before use:
+a corrupted entry, or another dataset's file under this key, is logged as a warning, tokenized again and
+replaced, never trained on.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +27,17 @@ import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
 from sft_sweeps.config import MaskingConfig
+from sft_sweeps.files import create_temp
 from sft_sweeps.masking.sample import Annotator
 from sft_sweeps.masking.tokens import tokenize_layouts
 from sft_sweeps.masking.weights import message_factors, message_weights, token_weights
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the cached columns or their meaning change
+CACHE_VERSION = 2  # bump when the cached columns or their meaning change (2: key and checksum stored)
+_COLUMNS = ("conversation", "target", "input_ids", "message", "kind")
+_CHECKED_METADATA = (b"conversation_tokens", b"markers")  # what build_dataset reads besides the columns
+_KEY_FIELD, _CHECKSUM_FIELD = b"sft_sweeps.cache_key", b"sft_sweeps.checksum"
 _BATCH = 512  # conversations rendered and tokenized per batch: bounds memory, keeps Rust batching efficient
 
 
@@ -149,24 +156,87 @@ def _flat(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], array.flatten().to_numpy(zero_copy_only=False)
 
 
+def _checksum(table: pa.Table) -> str:
+    """sha256 of everything training reads from a cached table.
+
+    Covers each column's type, nulls and values, and the metadata `build_dataset` uses. It is computed on
+    decoded values, so a parquet round trip keeps it, and any change that reaches training changes it.
+    """
+    h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
+    for name in _COLUMNS:
+        array = table.column(name).combine_chunks()
+        # A list's item field is renamed by parquet ("item" -> "element"): hash the value type only.
+        dtype = f"list<{array.type.value_type}>" if pa.types.is_list(array.type) else str(array.type)
+        h.update(f"/{name}:{dtype}:{len(array)}:{array.null_count}/".encode())
+        if pa.types.is_list(array.type):
+            offsets = array.offsets.to_numpy()
+            h.update((offsets - offsets[0]).astype(np.int64).tobytes())
+            array = array.flatten()
+        values = array.to_numpy(zero_copy_only=False)
+        h.update(f"{values.dtype}:".encode() + np.ascontiguousarray(values).tobytes())
+    meta = table.schema.metadata or {}
+    for field in _CHECKED_METADATA:
+        h.update(b"/" + field + b"=" + meta.get(field, b"<missing>"))
+    return h.hexdigest()
+
+
+def _cache_problem(table: pa.Table, key: str) -> str | None:
+    """Why a table read from the cache cannot be used for `key`, or None when it can."""
+    meta = table.schema.metadata or {}
+    stored_key = meta.get(_KEY_FIELD)
+    if stored_key is None:
+        return "no key stored in it (not written by this version)"
+    if stored_key != key.encode():
+        return f"written for key {stored_key.decode(errors='replace')!r}, not {key!r} (another dataset's?)"
+    stored_sum, actual_sum = meta.get(_CHECKSUM_FIELD, b"").decode(errors="replace"), _checksum(table)
+    if stored_sum != actual_sum:
+        return f"checksum mismatch (stored {stored_sum[:16]!r}, content {actual_sum[:16]!r}): corrupted"
+    return None
+
+
+def _read_cache(path: Path, key: str) -> pa.Table | None:
+    """The table cached at `path` if it is whole and was written for `key`; else None, with a warning."""
+    try:
+        table = pq.read_table(path)
+        problem = _cache_problem(table, key)
+    except Exception as e:  # noqa: BLE001 - whatever fails to read or check, the entry is untrustworthy
+        problem = f"unreadable ({type(e).__name__}: {e})"
+    if problem is None:
+        return table
+    log.warning("masking cache %s: %s; tokenizing again and replacing it", path, problem)
+    return None
+
+
+def _write_cache(path: Path, table: pa.Table, key: str) -> None:
+    """Write `table` with its key and checksum to `path`, atomically and readable like a normal file."""
+    meta = {**(table.schema.metadata or {}), _KEY_FIELD: key.encode()}
+    meta[_CHECKSUM_FIELD] = _checksum(table).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so parallel jobs of a sweep never read a half-written file.
+    fd, tmp = create_temp(path.parent, path.name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pq.write_table(table.replace_schema_metadata(meta), f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _load_or_tokenize(
     tokenizer: PreTrainedTokenizerBase, conversations: list[dict], expand: bool, cache_dir: str | None
 ) -> tuple[pa.Table, bool]:
+    """The tokenized samples and whether they came from the cache (verified: key and checksum)."""
     if cache_dir is None:
         return _tokenize_all(tokenizer, conversations, expand), False
-    path = Path(cache_dir) / "masking" / f"{_cache_key(tokenizer, conversations, expand)}.parquet"
+    key = _cache_key(tokenizer, conversations, expand)
+    path = Path(cache_dir) / "masking" / f"{key}.parquet"
     if path.exists():
-        try:
-            return pq.read_table(path), True
-        except (OSError, pa.ArrowInvalid) as e:  # a torn or foreign file: rebuild it
-            log.warning("masking cache %s unreadable (%s); tokenizing again", path, e)
+        table = _read_cache(path, key)
+        if table is not None:
+            return table, True
     table = _tokenize_all(tokenizer, conversations, expand)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so parallel jobs of a sweep never read a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    _write_cache(path, table, key)
     return table, False
 
 

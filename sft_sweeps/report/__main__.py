@@ -6,7 +6,9 @@ import argparse
 import shlex
 import sys
 
+from sft_sweeps.cli import errors_reported
 from sft_sweeps.report import fetch_wandb_records, load_records, write_report
+from sft_sweeps.report.records import RecordError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,4 +41,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # A missing, torn or malformed result.json: one line naming the file.
+    with errors_reported(RecordError, FileNotFoundError):
+        sys.exit(main())
