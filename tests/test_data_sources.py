@@ -68,7 +68,10 @@ def test_whole_sharegpt_package_loads_with_counts_that_add_up() -> None:
     # The packaged file is cut inside its last record: one `truncated`, every complete record read.
     assert train["skipped"]["truncated"] == 1
     valid = train["read"] - sum(train["skipped"].values())
-    assert valid == train["duplicates"] + sum(stats[s]["available"] for s in ("train", "validation", "test"))
+    available = sum(stats[s]["available"] for s in ("train", "validation", "test"))
+    assert valid == train["duplicates"] + train["held_out"] + available
+    # Every chunk of the 150 conversations the built-in Multi-IF set uses is held out (data.holdout).
+    assert train["held_out"] >= 150
     assert [len(splits.train), len(splits.validation), len(splits.test)] == [4000, 100, 200]
     keys = [
         {canonical_json(r["messages"]) for r in getattr(splits, s)} for s in ("train", "validation", "test")

