@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sft_sweeps.config import Config, ConfigError
+from sft_sweeps.evaluation.judge import JudgeBenchmark
 
 
 class BenchmarkUnavailable(ConfigError):
@@ -144,7 +145,7 @@ class LmEvalBenchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    b.name: b for b in (SyntheticBenchmark(), HeldOutNLL(), LmEvalBenchmark())
+    b.name: b for b in (SyntheticBenchmark(), HeldOutNLL(), LmEvalBenchmark(), JudgeBenchmark())
 }
 
 

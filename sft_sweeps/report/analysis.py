@@ -186,7 +186,7 @@ def place_runs(records: Iterable[dict[str, Any]]) -> list[Run]:
     flats = []
     for record in records:
         config = {k: v for k, v in record["config"].items() if k not in _NOT_SETTING_KEYS}
-        flats.append(_flatten(config))
+        flats.append({**_flatten(config), **_flatten(_benchmark_identities(record), "benchmarks.")})
     keys = sorted({k for flat in flats for k in flat})
     varying = [k for k in keys if len({flat.get(k) for flat in flats}) > 1]
     runs = []
@@ -209,6 +209,18 @@ def place_runs(records: Iterable[dict[str, Any]]) -> list[Run]:
     return sorted(runs, key=lambda r: (r.setting, r.strategy_key, r.seed, r.source))
 
 
+def _benchmark_identities(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies how each benchmark scored (`benchmarks.<name>.identity`, e.g. the judge model and the
+    sha256 of its prompts): runs scored differently land in different settings, even when their configs
+    agree (a prompt file edited in place)."""
+    benchmarks = record.get("benchmarks") or {}
+    return {
+        name: {"identity": info["identity"]}
+        for name, info in benchmarks.items()
+        if isinstance(info, Mapping) and isinstance(info.get("identity"), Mapping)
+    }
+
+
 def _plain(value_json: str | None) -> str:
     if value_json is None:
         return "null"
@@ -220,7 +232,9 @@ def _plain(value_json: str | None) -> str:
 
 def _rerun_overrides(masking: Mapping[str, Any], setting_overrides: tuple[str, ...], seed: int) -> str:
     params = [f"masking.{k}={_plain(json.dumps(v))}" for k, v in masking_params(masking).items()]
-    return " ".join([f"masking={masking['name']}", *params, *setting_overrides, f"seed={seed}"])
+    # `benchmarks.*` (a judge's identity) is recorded, not configured: no override reproduces it.
+    config = [o for o in setting_overrides if not o.startswith("benchmarks.")]
+    return " ".join([f"masking={masking['name']}", *params, *config, f"seed={seed}"])
 
 
 def _pick_cells(runs: list[Run]) -> tuple[dict[tuple[str, str], dict[int, Run]], list[Run]]:
