@@ -219,6 +219,7 @@ def test_check_says_how_to_make_the_judge_runnable(tmp_path, monkeypatch):
 
 def test_failed_requests_are_counted_not_averaged_and_not_cached(tmp_path, tok, monkeypatch, caplog):
     """Nothing listens on the port: every request fails after its retries, and says so per item."""
+    caplog.set_level("INFO")
     monkeypatch.setenv(KEY_ENV, SECRET)
     settings = judge_settings(
         tmp_path,
@@ -239,6 +240,7 @@ def test_failed_requests_are_counted_not_averaged_and_not_cached(tmp_path, tok, 
     assert {item["judge_status"] for item in items} == {"request_failure"}
     assert all(item["grade"] is None and "APIConnectionError" in item["judge_error"] for item in items)
     assert cache_files(settings) == []  # a rerun asks again
+    assert "6 of 6 requests failed" in caplog.text
     assert SECRET not in json.dumps(out) + caplog.text
 
 
@@ -299,6 +301,7 @@ def test_end_to_end_against_a_real_server_counts_failures_and_reruns_from_cache(
     judge_server, tmp_path, tok, monkeypatch, caplog
 ):
     base_url, model, log_path = judge_server
+    caplog.set_level("DEBUG")  # the client's and httpx's debug logs too
     monkeypatch.setenv(KEY_ENV, SECRET)
     settings = judge_settings(
         tmp_path,
@@ -345,6 +348,7 @@ def test_end_to_end_against_a_real_server_counts_failures_and_reruns_from_cache(
         k: v for k, v in metrics.items() if "cached" not in k
     }
 
+    assert f"judge {model}: 6 turns" in caplog.text  # the logs were captured, debug included
     outputs = json.dumps([out, rerun]) + caplog.text + "".join(p.read_text() for p in cache_files(settings))
     assert SECRET not in outputs
 

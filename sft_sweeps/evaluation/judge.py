@@ -185,11 +185,9 @@ class JudgeBenchmark:
         cfg = context.settings.eval.judge
         prompts = load_prompts(cfg.prompts)
         if cfg.questions is not None:
-            questions = load_questions(cfg.questions)
+            questions = load_questions(cfg.questions)[: cfg.max_questions]
         else:
-            questions = questions_from_conversations(context.conversations)
-        if cfg.max_questions is not None:
-            questions = questions[: cfg.max_questions]
+            questions = questions_from_conversations(context.conversations[: cfg.max_questions])
         answers = answer_questions(context, questions, cfg.max_new_tokens)
         tasks = judge_tasks(questions, answers, prompts, cfg)
         cache = Path(context.settings.cache_dir) / "judge" if cfg.cache else None
@@ -197,6 +195,14 @@ class JudgeBenchmark:
         items = _items(questions, answers, tasks)
         metrics, by_depth = aggregate(items)
         identity = judge_identity(cfg, prompts)
+        failed = [item for item in items if item["judge_status"] == "request_failure"]
+        if failed:
+            log.warning(
+                "judge: %d of %d requests failed (counted in judge/num_request_failures), e.g. %s",
+                len(failed),
+                len(items),
+                failed[0]["judge_error"],
+            )
         log.info(
             "judge %s: %d turns, %d graded, %d parse failures, %d request failures, %d from cache",
             identity["model"],

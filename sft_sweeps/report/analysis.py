@@ -36,6 +36,7 @@ ITEM_FIELDS = {
     "stop_rate": ("stopped", "turn"),
     "assistant_nll": ("nll", "turn"),
     "conversation_success": ("correct", "conversation"),
+    "mean_grade": ("grade", "turn"),  # the LLM judge (sft_sweeps.evaluation.judge)
 }
 
 
