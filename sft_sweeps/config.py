@@ -337,12 +337,54 @@ class JudgeConfig:
     Read by `sft_sweeps.evaluation.judge`; every field is documented there.
     """
 
+    # The judge: an OpenAI-compatible server (`http://127.0.0.1:8000/v1` for `vllm serve`) and its model name.
     base_url: str | None = None
     model: str | None = None
-    # Name of the environment variable holding the API key (the key itself is never stored).
-    api_key_env: str = "OPENAI_API_KEY"
+    # Name of the environment variable holding the API key (the key itself is never stored); null sends none,
+    # for a local server started without a key.
+    api_key_env: str | None = "OPENAI_API_KEY"
+    # MT-Bench `question.jsonl` schema (question_id, category, turns, reference); null replays the user
+    # turns of the held-out conversations.
     questions: str | None = None
+    max_questions: int | None = 80
+    # Judge prompts in FastChat's `judge_prompts.jsonl` schema; null: the shipped MT-Bench single-grade ones.
+    prompts: str | None = None
+    # Question categories graded against the question's `reference` answers (MT-Bench's math prompts).
+    reference_categories: list[str] = field(default_factory=lambda: ["math", "reasoning", "coding"])
+    # Tokens the trained model may write per answer, and the judge per judgment.
     max_new_tokens: int = 256
+    judge_max_tokens: int = 2048
+    # Requests in flight at once, seconds per request, retries (with backoff) after a failed request.
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    # Keep judgments under `<cache_dir>/judge/`: a rerun or a killed run does not pay the judge twice.
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("max_new_tokens", "judge_max_tokens", "concurrency"):
+            _check(getattr(self, key) > 0, f"eval.judge.{key}", "must be positive", getattr(self, key))
+        _check(self.concurrency <= 256, "eval.judge.concurrency", "must be <= 256", self.concurrency)
+        _check(self.timeout_s > 0, "eval.judge.timeout_s", "must be positive", self.timeout_s)
+        _check(self.max_retries >= 0, "eval.judge.max_retries", "must be >= 0", self.max_retries)
+        _check(
+            self.max_questions is None or self.max_questions > 0,
+            "eval.judge.max_questions",
+            "must be positive or null",
+            self.max_questions,
+        )
+        _check(
+            self.base_url is None or self.base_url.startswith(("http://", "https://")),
+            "eval.judge.base_url",
+            "must start with http:// or https://",
+            self.base_url,
+        )
+        # Not echoed: a user who pasted the key itself here must not see it in logs and tracebacks.
+        if self.api_key_env is not None and not self.api_key_env.isidentifier():
+            raise ConfigError(
+                "eval.judge.api_key_env must be the NAME of an environment variable holding the key "
+                "(e.g. OPENAI_API_KEY), or null; it does not look like one (value not shown)"
+            )
 
 
 @dataclass

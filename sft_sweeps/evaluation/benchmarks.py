@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sft_sweeps.config import Config, ConfigError
+from sft_sweeps.evaluation.judge import JudgeBenchmark
 from sft_sweeps.evaluation.multi_if import MultiIFBenchmark
 
 
@@ -145,7 +146,8 @@ class LmEvalBenchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    b.name: b for b in (SyntheticBenchmark(), HeldOutNLL(), LmEvalBenchmark(), MultiIFBenchmark())
+    b.name: b
+    for b in (SyntheticBenchmark(), HeldOutNLL(), LmEvalBenchmark(), MultiIFBenchmark(), JudgeBenchmark())
 }
 
 

@@ -181,6 +181,7 @@ def place_runs(records: Iterable[RunRecord]) -> list[Run]:
     for record in records:
         config = {k: v for k, v in record.config.items() if k not in SETTING_EXCLUDED_KEYS}
         flat = _flatten(config)
+        flat.update(_flatten(_benchmark_identities(record), "benchmarks."))
         if record.data_fingerprint:
             flat[DATA_KEY] = json.dumps(record.data_fingerprint[:12])
         flats.append(flat)
@@ -207,6 +208,18 @@ def place_runs(records: Iterable[RunRecord]) -> list[Run]:
     return sorted(runs, key=lambda r: (r.setting, r.strategy_key, r.seed, r.source))
 
 
+def _benchmark_identities(record: RunRecord) -> dict[str, Any]:
+    """What identifies how each benchmark scored (`benchmarks.<name>.identity`, e.g. the judge model and the
+    sha256 of its prompts): runs scored differently land in different settings, even when their configs
+    agree (a prompt file edited in place)."""
+    benchmarks = record.benchmarks or {}
+    return {
+        name: {"identity": info["identity"]}
+        for name, info in benchmarks.items()
+        if isinstance(info, Mapping) and isinstance(info.get("identity"), Mapping)
+    }
+
+
 def _plain(value_json: str | None) -> str:
     if value_json is None:
         return "null"
@@ -218,7 +231,10 @@ def _plain(value_json: str | None) -> str:
 
 def _rerun_overrides(masking: Mapping[str, Any], setting_overrides: tuple[str, ...], seed: int) -> str:
     params = [f"masking.{k}={_plain(json.dumps(v))}" for k, v in masking_params(masking).items()]
-    return " ".join([f"masking={masking['name']}", *params, *setting_overrides, f"seed={seed}"])
+    # `benchmarks.*` (a judge's identity) and the data fingerprint are recorded, not configured: no
+    # override reproduces them.
+    config = [o for o in setting_overrides if not o.startswith(("benchmarks.", DATA_KEY))]
+    return " ".join([f"masking={masking['name']}", *params, *config, f"seed={seed}"])
 
 
 def _pick_cells(runs: list[Run]) -> tuple[dict[tuple[str, str], dict[int, Run]], list[Run]]:
