@@ -237,11 +237,10 @@ def read_spec(path: str | Path) -> wr.Report:
     """
     path = Path(path)
     try:
-        model = internal.ReportViewspec.model_validate_json(path.read_text())
+        return wr.Report._from_model(internal.ReportViewspec.model_validate_json(path.read_text()))
     except (OSError, ValidationError) as e:
-        reason = str(e).splitlines()[0]
+        reason = " ".join(str(e).split())[:200]
         raise DashboardError(f"{path}: not a W&B report specification ({reason})") from e
-    return wr.Report._from_model(model)
 
 
 def save_dashboard(dashboard: wr.Report) -> str:
