@@ -138,7 +138,7 @@ def panels(records: list[dict[str, Any]]) -> list[Any]:
 def runset(sweeps: list[str], name: str, run_ids: list[str] | None = None) -> wr.Runset:
     """The runs of `sweeps` (config `sweep_name`), grouped by masking label; only `run_ids` when given.
 
-    No entity or project: `bind` sets them before saving (naming one makes the library ask the server).
+    No entity or project: `save_dashboard` sets them (naming one makes the library ask the server).
 
     Raises:
         DashboardError: a sweep name the library's filter syntax would change (it rewrites `=`).
