@@ -16,6 +16,9 @@ __all__ = ["RecordError", "fetch_wandb_records", "load_records", "record_from_wa
 
 # Summary keys of a W&B run that are not end-of-run metrics.
 _WANDB_NON_METRICS = ("_", "train/", "eval/", "data/", "by_depth/", "eval_items/")
+# Config keys `make_tracker` adds to a W&B run's config (the masking label, for W&B grouping): derived from
+# the config, so not part of it in a record (they would change its setting and group hash).
+_WANDB_DERIVED_CONFIG = ("strategy",)
 
 
 def _record_files(spec: str) -> list[Path]:
@@ -86,7 +89,11 @@ def record_from_wandb_run(run: Any) -> RunRecord:
     Raises:
         RecordError: the run's config lacks a field the report needs.
     """
-    config = {k: _unwrap(v) for k, v in dict(run.config).items() if not k.startswith("_")}
+    config = {
+        k: _unwrap(v)
+        for k, v in dict(run.config).items()
+        if not k.startswith("_") and k not in _WANDB_DERIVED_CONFIG
+    }
     summary = dict(run.summary)
     metrics, by_depth = {}, {}
     for key, value in summary.items():

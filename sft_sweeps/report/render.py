@@ -244,7 +244,7 @@ def readme_table_md(report: SweepReport, command: str) -> str:
         seeds = f"{'/'.join(map(str, n_seeds))} seed{'' if n_seeds == [1] else 's'}"
         parts.append(f"**{setting.name}**: mean ± {CONFIDENCE:.0%} CI over {seeds}; best in bold.\n")
         parts.append(results_table_md(setting, metrics))
-        parts.append("".join(_pick_line(p) for p in setting.picks if p.metric in metrics))
+        parts.append("".join(pick_line(p) for p in setting.picks if p.metric in metrics))
     h = report.hygiene
     parts.append(
         f"{h.done}/{h.expected} runs done; {len(h.not_done)} not done and {len(h.missing)} missing "
@@ -253,7 +253,7 @@ def readme_table_md(report: SweepReport, command: str) -> str:
     return "\n".join(p.rstrip("\n") + "\n" for p in parts)
 
 
-def _pick_line(p: Pick) -> str:
+def pick_line(p: Pick) -> str:
     if p.runner_up is None:
         return f"- {p.metric}: only `{p.best}` has results\n"
     if len(p.tied) > 1:
