@@ -154,19 +154,21 @@ def job_dirname(override_dirname: str, seed: int, max_length: int = 120) -> str:
 
     Hydra joins the overrides with `,` and `=` (`conf/config.yaml` sets `kv_sep`/`item_sep` so); here `=`
     becomes `-`, `,` becomes `__`, and anything else outside `[A-Za-z0-9._+-]` becomes `_`. Long names are
-    cut and end in a hash of the whole, so names stay unique and under the file-system limit.
+    cut (the seed kept) and the settings end in a hash of the whole, so names stay unique, say their
+    seed, and stay under the file-system limit.
 
     Example:
         >>> job_dirname("masking=all", 0)
         'masking-all__seed-0'
     """
     parts = [part for part in (override_dirname.split(",") if override_dirname else []) if part]
-    items = [_UNSAFE.sub("_", part.replace("=", "-", 1)).strip("_") for part in parts]
-    name = "__".join([*items, f"seed-{seed}"])
-    if len(name) > max_length:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:10]
-        name = f"{name[: max_length - 11]}-{digest}"
-    return name
+    settings = "__".join(_UNSAFE.sub("_", part.replace("=", "-", 1)).strip("_") for part in parts)
+    seed_part = f"seed-{seed}"
+    room = max_length - len(seed_part) - 2
+    if len(settings) > room:  # cut the settings, never the seed, and keep them unique by a hash
+        digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
+        settings = f"{settings[: room - 11]}-{digest}"
+    return f"{settings}__{seed_part}" if settings else seed_part
 
 
 @dataclass

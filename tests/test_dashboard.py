@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,7 +67,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             )
             with open_dict(cfg):
                 cfg.cache_dir = str(root / "cache")
-            assert run_job(cfg, str(root / "multirun" / SWEEP / strategy))["status"] == "done"
+            assert run_job(cfg, str(root / "multirun" / SWEEP / strategy)).status == "done"
         yield root / "multirun" / SWEEP
 
 
@@ -96,10 +97,10 @@ def _built(sweep: Path, out: Path) -> tuple[list[dict], object, wr.Report]:
 
 
 def test_runs_log_their_masking_label_and_records_from_wandb_ignore_it(sweep: Path) -> None:
-    records = {r["wandb"]["run_id"]: r for r in load_records(str(sweep))}
+    records = {r.wandb["run_id"]: r for r in load_records(str(sweep))}
     runs = _wandb_runs(sweep)
     assert sorted(run.config[STRATEGY_KEY] for run in runs) == sorted(
-        masking_label(r["config"]["masking"]) for r in records.values()
+        masking_label(r.config["masking"]) for r in records.values()
     )
     for run in runs:
         record = records[run.run_id]
@@ -113,8 +114,8 @@ def test_runs_log_their_masking_label_and_records_from_wandb_ignore_it(sweep: Pa
             summary=run.summary,
         )
         from_wandb = record_from_wandb_run(api_run)
-        assert STRATEGY_KEY not in from_wandb["config"] and from_wandb["config"] == record["config"]
-        assert run.group == record["group"]
+        assert STRATEGY_KEY not in from_wandb.config and from_wandb.config == record.config
+        assert run.group == record.group
 
 
 def test_dashboard_of_a_real_sweep(sweep: Path, tmp_path: Path) -> None:
@@ -151,7 +152,7 @@ def test_dashboard_of_a_real_sweep(sweep: Path, tmp_path: Path) -> None:
     )
 
     # Headline bars: one per headline metric of every benchmark in the records, from the registry.
-    metric_keys = {k for r in records for k in r["metrics"]}
+    metric_keys = {k for r in records for k in r.metrics}
     heads = [_name(p.metrics[0]) for p in bars if len(p.metrics) == 1]
     # Overall keys only: `state_tracking/turn_exact_match` is a per-task breakdown, not a headline of its own.
     overall = {k for k in metric_keys if lookup(k) is not None and k in (lookup(k).name, lookup(k).key)}
@@ -161,10 +162,12 @@ def test_dashboard_of_a_real_sweep(sweep: Path, tmp_path: Path) -> None:
         lookup(k).benchmark for k in metric_keys if lookup(k) is not None and lookup(k).headline
     }
     # By depth: all depths of the records' by_depth, for each headline metric that has them.
-    depth_panels = {_name(p.metrics[0]).split("/")[1]: p for p in bars if len(p.metrics) > 1}
-    assert set(depth_panels) == {k for k in heads if any(k in r["by_depth"] for r in records)}
+    depth_panels = {
+        _name(p.metrics[0]).removeprefix("by_depth/").rsplit("/", 1)[0]: p for p in bars if len(p.metrics) > 1
+    }
+    assert set(depth_panels) == {k for k in heads if any(k in r.by_depth for r in records)}
     for key, panel in depth_panels.items():
-        depths = {d for r in records for d in r["by_depth"][key]}
+        depths = {d for r in records for d in r.by_depth[key]}
         assert {_name(m) for m in panel.metrics} == {f"by_depth/{key}/{d}" for d in depths}
 
     texts = [b.text for b in dashboard.blocks if isinstance(b, wr.MarkdownBlock)]
@@ -238,7 +241,7 @@ def test_bad_input_is_named(sweep: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert report_main([str(tmp_path / "empty"), "--dashboard", f"{ENTITY}/{PROJECT}"]) == 1
     assert f"error: no result.json found under '{tmp_path / 'empty'}'" in capsys.readouterr().err
 
-    records = [r | {"wandb": {"run_id": None, "mode": None}} for r in load_records(str(sweep))]
+    records = [replace(r, wandb={"run_id": None, "mode": None}) for r in load_records(str(sweep))]
     report = write_report(records, tmp_path / "none")
     with pytest.raises(DashboardError, match="none of the 2 records is a W&B run .*logger=none"):
         build_dashboard(report, "", ENTITY, PROJECT)

@@ -33,6 +33,7 @@ from sft_sweeps.evaluation.judge import (
     questions_from_conversations,
     render,
 )
+from sft_sweeps.identity import RunRecord
 from sft_sweeps.report.analysis import place_runs
 from sft_sweeps.tasks import make_splits
 from sft_sweeps.tokenizer import build_embedded_tokenizer
@@ -388,9 +389,11 @@ def test_the_report_never_puts_runs_judged_differently_in_one_setting():
             "benchmarks": {"judge": {"identity": identity}, "nll": {}},
         }
 
-    runs = place_runs([record(0, "aaa"), record(1, "aaa"), record(0, "bbb")])
+    records = [record(0, "aaa"), record(1, "aaa"), record(0, "bbb")]
+    runs = place_runs([RunRecord.from_dict(r, f"r{i}") for i, r in enumerate(records)])
     assert sorted({r.setting for r in runs}) == [
         "s | benchmarks.judge.identity.prompts_sha256=aaa",
         "s | benchmarks.judge.identity.prompts_sha256=bbb",
     ]
-    assert len({r.setting for r in place_runs([record(0, "aaa"), record(1, "aaa")])}) == 1
+    same = [RunRecord.from_dict(record(s, "aaa"), f"s{s}") for s in (0, 1)]
+    assert len({r.setting for r in place_runs(same)}) == 1
