@@ -32,7 +32,7 @@ from transformers import TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTTrainer
 
-from sft_sweeps.config import MaskingConfig, ModelConfig, Strategy, TinyArchConfig, TrainConfig
+from sft_sweeps.config import MaskingConfig, ModelConfig, TinyArchConfig, TrainConfig
 from sft_sweeps.masking import build_dataset
 from sft_sweeps.modeling import build_model, count_parameters
 from sft_sweeps.tasks import make_splits
@@ -128,7 +128,7 @@ def main() -> None:
     conversations = make_splits(args.tasks.split(","), {"train": args.conversations}, 2, 6, seed=1234)[
         "train"
     ]
-    ours_data, _ = build_dataset(tokenizer, conversations, MaskingConfig(name=Strategy.all), args.max_length)
+    ours_data, _ = build_dataset(tokenizer, conversations, MaskingConfig(name="all"), args.max_length)
     trl_data = Dataset.from_list([{"messages": c["messages"]} for c in conversations])
     out = tempfile.mkdtemp(prefix="bench_trainer_")
     atexit.register(shutil.rmtree, out, ignore_errors=True)

@@ -25,13 +25,11 @@ def _check(ok: bool, key: str, message: str, value: Any) -> None:
         raise ConfigError(f"{key} {message}, got {value!r}")
 
 
-class Strategy(enum.StrEnum):
-    """Which tokens the loss sees. See `sft_sweeps.masking.loss_weights` for the exact weights."""
+def strategy_names() -> tuple[str, ...]:
+    """The masking strategies, as registered in `sft_sweeps.masking.strategies` (`masking.name` values)."""
+    from sft_sweeps.masking.strategies import STRATEGIES  # the registry imports nothing heavy
 
-    full = "full"  # every token, prompt and template included
-    last = "last"  # the last assistant message only
-    all = "all"  # every assistant message
-    weighted = "weighted"  # fractional weights: prompt weight, turn schedule, per-message weights
+    return tuple(STRATEGIES)
 
 
 class TurnSchedule(enum.StrEnum):
@@ -39,19 +37,17 @@ class TurnSchedule(enum.StrEnum):
     decay = "decay"  # weight turn_decay**k for the assistant turn k places before the last
 
 
-def masking_param(default: Any, abbrev: str, used_by: tuple[Strategy, ...], **extra: Any) -> Any:
+def masking_param(default: Any, abbrev: str, used_by: tuple[str, ...] | None = None, **extra: Any) -> Any:
     """A `MaskingConfig` field with what labels and validation need to know about it.
 
     Args:
         default: the value that means "not in use".
         abbrev: its short name in labels (`weighted(pw=0.1)`).
-        used_by: the strategies that read it; set away from `default` on any other, it is an error.
-        extra: more metadata, e.g. `always_labelled=(Strategy.weighted,)`: shown even at its default.
+        used_by: the strategies that read it (None: all); set away from `default` on any other, it is an
+            error.
+        extra: more metadata, e.g. `always_labelled=("weighted",)`: shown even at its default.
     """
     return field(default=default, metadata={"abbrev": abbrev, "used_by": used_by, **extra})
-
-
-ALL_STRATEGIES = tuple(Strategy)
 
 
 @dataclass
@@ -64,21 +60,21 @@ class MaskingConfig:
     other edit there.
     """
 
-    name: Strategy = Strategy.all
+    # A strategy of sft_sweeps.masking.strategies: full | last | all | weighted (or one you register).
+    name: str = "all"
     # Weight of system, user and tool tokens; papers find 0.01-0.5 can beat 0 and 1.
-    prompt_weight: float = masking_param(
-        0.0, "pw", (Strategy.weighted,), always_labelled=(Strategy.weighted,)
-    )
-    turn_schedule: TurnSchedule = masking_param(TurnSchedule.constant, "sched", (Strategy.weighted,))
+    prompt_weight: float = masking_param(0.0, "pw", ("weighted",), always_labelled=("weighted",))
+    turn_schedule: TurnSchedule = masking_param(TurnSchedule.constant, "sched", ("weighted",))
     # Factor per assistant turn counted back from the last one; read only with turn_schedule=decay.
-    turn_decay: float = masking_param(1.0, "decay", (Strategy.weighted,))
+    turn_decay: float = masking_param(1.0, "decay", ("weighted",))
     # Message field holding a per-message weight (a number, or a bool as Axolotl's `train`); null ignores it.
-    message_weight_field: str | None = masking_param("weight", "mwf", ALL_STRATEGIES)
+    message_weight_field: str | None = masking_param("weight", "mwf")
     # One sample per supervised assistant turn, its history as context (GLM-4 / LLaMA-Factory style).
-    expand_turns: bool = masking_param(False, "expand", ALL_STRATEGIES)
+    expand_turns: bool = masking_param(False, "expand")
 
     def __post_init__(self) -> None:
-        self.name, self.turn_schedule = Strategy(self.name), TurnSchedule(self.turn_schedule)
+        self.turn_schedule = TurnSchedule(self.turn_schedule)
+        _check(self.name in strategy_names(), "masking.name", f"must be one of {strategy_names()}", self.name)
         _check(
             0.0 <= self.prompt_weight <= 1.0, "masking.prompt_weight", "must be in [0, 1]", self.prompt_weight
         )
@@ -88,8 +84,8 @@ class MaskingConfig:
             if used_by is None or self.name in used_by or getattr(self, f.name) == f.default:
                 continue
             raise ConfigError(
-                f"masking.{f.name}={getattr(self, f.name)!r} has no effect with masking={self.name.value}: "
-                f"only {', '.join(s.value for s in used_by)} reads it (leave it at {f.default!r})"
+                f"masking.{f.name}={getattr(self, f.name)!r} has no effect with masking={self.name}: "
+                f"only {', '.join(used_by)} reads it (leave it at {f.default!r})"
             )
         if self.turn_schedule is not TurnSchedule.decay and self.turn_decay != 1.0:
             raise ConfigError(
@@ -97,12 +93,12 @@ class MaskingConfig:
                 f"masking.turn_schedule={self.turn_schedule.value}: set masking.turn_schedule=decay"
             )
 
-    def for_strategy(self, strategy: Strategy) -> MaskingConfig:
+    def for_strategy(self, strategy: str) -> MaskingConfig:
         """This config under another strategy: the parameters that strategy does not read reset."""
         kept = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if strategy in f.metadata.get("used_by", ALL_STRATEGIES)
+            if f.metadata.get("used_by") is None or strategy in f.metadata["used_by"]
         }
         return MaskingConfig(**{**kept, "name": strategy})
 

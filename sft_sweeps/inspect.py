@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.text import Text
 
 from sft_sweeps.cli import errors_reported
-from sft_sweeps.config import Config, MaskingConfig, Strategy, register_configs, validate
+from sft_sweeps.config import Config, MaskingConfig, register_configs, strategy_names, validate
 from sft_sweeps.masking import KIND_NAMES, Annotator, Conversation, assistant_turns, sample_weights
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -59,12 +59,12 @@ def sample_record(
     messages_of = tokens.message.tolist()
     weights = sample_weights(conversation, messages, masking)
     supervised = {}
-    for strategy in Strategy:
+    for strategy in strategy_names():
         other = masking.for_strategy(strategy)
-        supervised[strategy.value] = sum(w > 0 for w in sample_weights(conversation, messages, other))
+        supervised[strategy] = sum(w > 0 for w in sample_weights(conversation, messages, other))
     return {
         "id": name,
-        "strategy": Strategy(masking.name).value,
+        "strategy": masking.name,
         "text": _token_texts(conversation),
         "tokens": tokenizer.convert_ids_to_tokens(tokens.input_ids.tolist()),
         "ids": tokens.input_ids.tolist(),

@@ -24,7 +24,7 @@ from transformers import set_seed
 from sft_sweeps.config import Config, ConfigError, validate
 from sft_sweeps.data import Splits, load_splits
 from sft_sweeps.evaluation.benchmarks import EvalContext, check_benchmarks, run_benchmarks
-from sft_sweeps.identity import RunRecord, config_hash
+from sft_sweeps.identity import RunRecord, config_hash, masking_label
 from sft_sweeps.masking import build_dataset
 from sft_sweeps.modeling import build_model, count_parameters
 from sft_sweeps.record import (
@@ -150,7 +150,7 @@ def _run_locked(cfg: DictConfig, settings: Config, run_dir: str) -> RunRecord:
 
 
 def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker: Tracker) -> dict[str, Any]:
-    label = f"{settings.masking.name.value} seed={settings.seed}"
+    label = f"{masking_label(settings.masking.__dict__)} seed={settings.seed}"
     set_seed(settings.seed)
     tokenizer = load_tokenizer(settings.model.tokenizer, settings.model.trust_remote_code)
     log.info(

@@ -257,12 +257,12 @@ def test_max_conversations(tok, test_split):
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ({"id": "r1"}, "'r1': field 'messages'"),
+        ({"id": "r1"}, "'r1', field 'messages'"),
         (
             {"id": "r2", "messages": [{"role": "user", "content": "hi"}]},
             "'r2': field 'messages' has no assistant",
         ),
-        ({"id": "r3", "messages": [{"content": "hi"}]}, r"'r3': messages\[0\]"),
+        ({"id": "r3", "messages": [{"content": "hi"}]}, r"'r3', message 0, field 'role'"),
     ],
 )
 def test_bad_records_name_record_and_field(tok, record, message):

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from sft_sweeps import inspect
-from sft_sweeps.config import Strategy
+from sft_sweeps.config import strategy_names
 from sft_sweeps.masking import loss_weights
 from sft_sweeps.tokenizer import build_embedded_tokenizer
 
@@ -37,7 +37,7 @@ def test_json_gives_per_token_fields_that_match_loss_weights(capsys, data):
         ids, weights = loss_weights(tok, record["messages"], "weighted", prompt_weight=0.2)
         assert sample["ids"] == ids and sample["weights"] == pytest.approx(weights)
         assert "".join(sample["text"]) == tok.apply_chat_template(record["messages"], tokenize=False)
-        assert set(sample["supervised_tokens"]) == {s.value for s in Strategy}
+        assert set(sample["supervised_tokens"]) == set(strategy_names())
         # Turns count assistant messages; only assistant tokens have one.
         assert {r for r, t in zip(sample["roles"], sample["turns"], strict=True) if t is not None} == {
             "assistant"

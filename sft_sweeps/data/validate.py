@@ -9,6 +9,11 @@ Shapes (`dataset.format`, `auto` picks per record by its keys):
 A valid conversation is: system messages first (any number), then a user message, then turns in which an
 assistant message answers and may call tools (`assistant (tool+ assistant)*`), ending on an assistant message.
 
+The rules for one message in canonical form (a role the chat templates know; string content, empty only
+beside `tool_calls`) live in `message_problem`, and every stage that takes messages from outside checks
+them with it: `to_record` at the data door, `check_messages` for messages handed to the masking engine or
+the evaluator directly.
+
 Example:
     >>> to_record({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
     ...           "auto", "chat.jsonl", 0)["messages"]
@@ -34,6 +39,7 @@ ROLE_ALIASES = {
     "observation": "tool",
 }
 FORMAT_KEYS = {"messages": "messages", "sharegpt": "conversations"}
+ROLES = ("system", "user", "assistant", "tool")
 # Per-message fields kept besides role and content: the weights `masking.message_weight_field` may name.
 WEIGHT_FIELDS = ("weight", "train")
 # Which role may follow which; `None` stands for the start and the end of the conversation.
@@ -95,6 +101,48 @@ class DataValidationError(ValueError):
         super().__init__(f"{place}: {where}: {field}: {detail}")
 
 
+class ConversationError(ValueError):
+    """Messages handed over directly (not read from a file) are malformed; names the place and the field."""
+
+
+def message_problem(message: Any, allow_empty: bool = False) -> tuple[str, str, str] | None:
+    """What is wrong with one canonical message, as `(field, reason, detail)`, or None when it is valid.
+
+    The one rule for a message: a dict with a `role` in `ROLES` and string `content`, which may be None
+    only on a message that carries `tool_calls`. Empty content is refused at the data door (a record to
+    skip and count) but renders fine, so `allow_empty` lets callers of the masking engine pass it.
+    """
+    if not isinstance(message, dict):
+        return "", "not_an_object", f"expected an object, got {type(message).__name__}"
+    role = message.get("role")
+    if role not in ROLES:
+        return "role", "unknown_role", f"expected one of {ROLES}, got {role!r}"
+    content = message.get("content")
+    if message.get("tool_calls") and (content is None or isinstance(content, str)):
+        return None
+    if not isinstance(content, str):
+        return "content", "non_string_content", f"expected a string, got {type(content).__name__}"
+    if not content.strip() and not allow_empty:
+        return "content", "empty_content", "empty content"
+    return None
+
+
+def check_messages(messages: Any, where: str = "the conversation", allow_empty: bool = True) -> None:
+    """Raise ConversationError unless `messages` is a non-empty list of valid messages (`message_problem`).
+
+    Example message: `conversation 'c1' (record 2), message 0, field 'content': expected a string, got int`.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise ConversationError(f"{where}, field 'messages': expected a non-empty list, got {messages!r:.80}")
+    for i, message in enumerate(messages):
+        problem = message_problem(message, allow_empty)
+        if problem is not None:
+            field, _, detail = problem
+            raise ConversationError(
+                f"{where}, message {i}" + (f", field {field!r}" if field else "") + f": {detail}"
+            )
+
+
 class _Invalid(Exception):
     def __init__(self, field: str, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -127,16 +175,13 @@ def _message(item: Any, field: str, default_role: str | None = None) -> dict[str
             f"{field}.role", "unknown_role", f"unknown role {role!r}; known: {sorted(ROLE_ALIASES)}"
         )
     content_key = "content" if "content" in item else "value"
-    content = item.get(content_key)
-    if not isinstance(content, str):
+    message: dict[str, Any] = {"role": ROLE_ALIASES[role.lower()], "content": item.get(content_key)}
+    problem = message_problem(message)
+    if problem is not None:
+        problem_field, reason, detail = problem
         raise _Invalid(
-            f"{field}.{content_key}",
-            "non_string_content",
-            f"content must be a string, got {type(content).__name__}",
+            f"{field}.{content_key if problem_field == 'content' else problem_field}", reason, detail
         )
-    if not content.strip():
-        raise _Invalid(f"{field}.{content_key}", "empty_content", "empty content")
-    message: dict[str, Any] = {"role": ROLE_ALIASES[role.lower()], "content": content}
     for key in WEIGHT_FIELDS:
         if key in item and item[key] is not None:
             value = item[key]

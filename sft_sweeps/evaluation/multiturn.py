@@ -32,6 +32,7 @@ from rich.progress import Progress
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft_sweeps.config import EvalConfig
+from sft_sweeps.data.validate import check_messages
 from sft_sweeps.evaluation.generation import Generation, generate, prompt_ids, stop_token_ids
 from sft_sweeps.evaluation.nll import assistant_spans, windowed_turn_nlls
 from sft_sweeps.tasks import TASKS
@@ -254,15 +255,7 @@ def _parse_all(conversations: list[dict], cfg: EvalConfig) -> list[_Conversation
 def _parse(record: dict, position: int) -> _Conversation:
     record_id = str(record.get("id", f"#{position}"))
     messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ValueError(f"eval record {record_id!r}: field 'messages' must be a non-empty list")
-    for i, message in enumerate(messages):
-        if (
-            not isinstance(message, dict)
-            or not isinstance(message.get("role"), str)
-            or "content" not in message
-        ):
-            raise ValueError(f"eval record {record_id!r}: messages[{i}] needs string 'role' and 'content'")
+    check_messages(messages, f"eval record {record_id!r}")
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not turns:
         raise ValueError(f"eval record {record_id!r}: field 'messages' has no assistant message to score")

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from sft_sweeps.config import MaskingConfig, Strategy
+from sft_sweeps.config import MaskingConfig
+from sft_sweeps.data.validate import ROLES, ConversationError, check_messages
 from sft_sweeps.masking.dataset import MaskingStats, build_dataset, tokenizer_fingerprint
 from sft_sweeps.masking.render import TemplateError
-from sft_sweeps.masking.sample import ROLES, Annotator, Conversation, ConversationError, check_messages
+from sft_sweeps.masking.sample import Annotator, Conversation
 from sft_sweeps.masking.tokens import ASSISTANT, CONTENT, KIND_NAMES, SCAFFOLD
 from sft_sweeps.masking.weights import (
     MessageWeightError,
@@ -57,7 +58,7 @@ __all__ = [
 _WEIGHT_PARAMS = {f.name for f in fields(MaskingConfig)} - {"name", "expand_turns"}
 
 
-def masking_config(strategy: str | Strategy, **params: Any) -> MaskingConfig:
+def masking_config(strategy: str, **params: Any) -> MaskingConfig:
     """A validated MaskingConfig from a strategy name and its weight parameters.
 
     Raises:
@@ -69,7 +70,7 @@ def masking_config(strategy: str | Strategy, **params: Any) -> MaskingConfig:
         raise TypeError(
             f"unknown masking parameters {sorted(unknown)}; expected some of {sorted(_WEIGHT_PARAMS)}"
         )
-    return MaskingConfig(name=Strategy(strategy), **params)
+    return MaskingConfig(name=str(strategy), **params)
 
 
 def annotate(
@@ -107,7 +108,7 @@ def sample_weights(
 def loss_weights(
     tokenizer: PreTrainedTokenizerBase,
     messages: list[dict[str, Any]],
-    strategy: str | Strategy,
+    strategy: str,
     *,
     tools: list[dict] | None = None,
     **params: Any,

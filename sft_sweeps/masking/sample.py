@@ -7,39 +7,10 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from sft_sweeps.data.validate import check_messages
 from sft_sweeps.masking.render import Renderer
 from sft_sweeps.masking.spans import Layout, LayoutCache
 from sft_sweeps.masking.tokens import Annotated, special_strings, tokenize_layouts
-
-ROLES = ("system", "user", "assistant", "tool")
-
-
-class ConversationError(ValueError):
-    """A conversation record is malformed; the message names the record and the field."""
-
-
-def check_messages(messages: Any, where: str = "the conversation") -> None:
-    """Raise ConversationError unless `messages` is a non-empty list of `{"role", "content"}` dicts.
-
-    Roles are system, user, assistant and tool; content is a string, a list of content blocks, or None
-    on a message with `tool_calls`.
-    """
-    if not isinstance(messages, list) or not messages:
-        raise ConversationError(f"{where}, field 'messages': expected a non-empty list, got {messages!r:.80}")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ConversationError(f"{where}, message {i}: expected a dict, got {message!r:.80}")
-        role = message.get("role")
-        if role not in ROLES:
-            raise ConversationError(
-                f"{where}, message {i}, field 'role': expected one of {ROLES}, got {role!r}"
-            )
-        content = message.get("content")
-        if not (isinstance(content, str | list) or (content is None and message.get("tool_calls"))):
-            raise ConversationError(
-                f"{where}, message {i}, field 'content': expected a string (or None with tool_calls), "
-                f"got {content!r:.80}"
-            )
 
 
 @dataclass

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from sft_sweeps.config import MaskingConfig, Strategy, TurnSchedule
+from sft_sweeps.config import MaskingConfig
+from sft_sweeps.masking.strategies import STRATEGIES
 from sft_sweeps.masking.tokens import ASSISTANT
 
 
@@ -61,22 +62,16 @@ def message_factors(
         assistant writes (content and end-of-turn) and of the rest of message k (headers; system, user and
         tool text). The last entry is for template text outside every message.
     """
-    strategy = Strategy(masking.name)
+    weights_of = STRATEGIES[masking.name](masking)
     n = len(roles)
     turns = assistant_turns(roles)
     last_turn = max(turns, default=-1)
     is_assistant = np.array([r == "assistant" for r in roles] + [False])
     schedule = np.zeros(n + 1)
     for k, t in enumerate(turns):
-        if t < 0:
-            continue
-        if strategy is Strategy.last:
-            schedule[k] = float(t == last_turn)
-        elif strategy is Strategy.weighted and TurnSchedule(masking.turn_schedule) is TurnSchedule.decay:
-            schedule[k] = masking.turn_decay ** (last_turn - t)
-        else:
-            schedule[k] = 1.0
-    prompt = {Strategy.full: 1.0, Strategy.weighted: masking.prompt_weight}.get(strategy, 0.0)
+        if t >= 0:
+            schedule[k] = weights_of.turn(t, last_turn)
+    prompt = weights_of.prompt
     w = np.append(weights, 1.0)
     assistant = np.where(is_assistant, schedule * w, 0.0)
     other = prompt * w
