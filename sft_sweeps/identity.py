@@ -68,7 +68,9 @@ def setting_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     return config_digest(as_dict(cfg), UNGROUPED_KEYS, 8)
 
 
-_MASKING_FIELDS = [f for f in dataclasses.fields(MaskingConfig) if "abbrev" in f.metadata]
+def _masking_fields() -> list[dataclasses.Field]:
+    # Read at call time: whatever MaskingConfig declares now is what names a strategy.
+    return [f for f in dataclasses.fields(MaskingConfig) if "abbrev" in f.metadata]
 
 
 def _fmt_value(value: Any) -> str:
@@ -93,7 +95,7 @@ def masking_params(masking: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     masking = as_dict(masking)
     name = str(masking.get("name"))
     out = {}
-    for f in _MASKING_FIELDS:
+    for f in _masking_fields():
         if f.name not in masking:
             continue
         always = name in {str(s) for s in f.metadata.get("always_labelled", ())}
@@ -109,7 +111,7 @@ def masking_label(masking: DictConfig | Mapping[str, Any]) -> str:
         e.g. `"all"`, `"weighted(pw=0.1)"`, `"weighted(pw=0.1,sched=decay,decay=0.5)"`.
     """
     masking = as_dict(masking)
-    abbrev = {f.name: f.metadata["abbrev"] for f in _MASKING_FIELDS}
+    abbrev = {f.name: f.metadata["abbrev"] for f in _masking_fields()}
     params = [f"{abbrev[k]}={_fmt_value(v)}" for k, v in masking_params(masking).items()]
     return f"{masking.get('name')}({','.join(params)})" if params else str(masking.get("name"))
 

@@ -40,12 +40,12 @@ TINY_OVERRIDES = [
 ]
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
+def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
     """Compose `conf/config.yaml` with overrides, as the CLI does (outside a Hydra run)."""
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        return compose("config", overrides=overrides or [], return_hydra_config=False)
+        return compose("config", overrides=overrides or [], return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -81,33 +82,45 @@ def test_wrong_type_is_refused_at_composition() -> None:
         compose_config(["train.max_steps=many"])
 
 
-TEMPLATES = sorted(p.stem for p in (Path(CONF_DIR).parent / "multirun_templates").glob("*.yaml"))
+EXPERIMENTS = sorted(
+    p.stem for p in (Path(CONF_DIR).parent / "multirun_templates" / "experiment").glob("*.yaml")
+)
 
 
-@pytest.mark.parametrize("template", TEMPLATES)
-def test_every_multirun_template_composes(template: str) -> None:
-    """Composed through the real CLI (`--config-dir`), the way the README runs them."""
-    import subprocess
-    import sys
+def _job_overrides(params: dict[str, str]) -> list[list[str]]:
+    """The overrides of every job a sweeper would launch from `hydra.sweeper.params`: every choice of a
+    grid; both ends of an Optuna interval."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
 
-    root = Path(CONF_DIR).parent
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sft_sweeps",
-            "--config-dir",
-            "multirun_templates",
-            "--config-name",
-            template,
-            "--cfg",
-            "hydra",
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "mode: MULTIRUN" in out.stdout
-    assert "params:" in out.stdout
+    parser = OverridesParser.create()
+    axes = []
+    for key, value in params.items():
+        (override,) = parser.parse_overrides([f"{key}={value}"])
+        sweep = override.value()
+        if isinstance(sweep, IntervalSweep):
+            axes.append([f"{key}={sweep.start}", f"{key}={sweep.end}"])
+        else:
+            axes.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_into_its_jobs(experiment: str) -> None:
+    """`-m experiment=NAME`: the experiment group is on the search path, and every job it launches
+    composes and validates (not only its `hydra` node)."""
+    from omegaconf import OmegaConf
+
+    from sft_sweeps.identity import job_dirname
+
+    cfg = compose_config([f"experiment={experiment}"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert params, f"{experiment} sweeps nothing"
+    jobs = _job_overrides(params)
+    names = set()
+    for overrides in jobs:
+        job = compose_config([f"experiment={experiment}", *overrides])
+        settings = validate(job)
+        assert settings.sweep_name == job.sweep_name != "default"
+        names.add(job_dirname(",".join(o for o in overrides if not o.startswith("seed=")), settings.seed))
+    assert len(names) == len(jobs)  # every job gets its own folder
