@@ -10,8 +10,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sft_sweeps.cli import errors_reported, in_multirun
-from sft_sweeps.config import ConfigError, register_configs, validate
+from sft_sweeps.cli import USER_ERRORS, errors_reported, in_multirun
+from sft_sweeps.config import register_configs, validate
 from sft_sweeps.identity import job_dirname
 
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
@@ -22,7 +22,7 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
     """Run one job; return `optimized_metric` of its record to Hydra (None when the run did not finish)."""
     # A wrong setting is one line naming its key; in a multirun each job's failure is recorded instead.
-    with errors_reported(ConfigError, FileNotFoundError, enabled=not in_multirun()):
+    with errors_reported(*USER_ERRORS, enabled=not in_multirun()):
         settings = validate(cfg)  # range errors name their key before the heavy imports below
         from sft_sweeps.pipeline import run
 

@@ -12,6 +12,19 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sft_sweeps.config import ConfigError
+from sft_sweeps.data.validate import DataValidationError
+from sft_sweeps.record import RunLockedError
+
+# The errors whose message is the whole story: it names the key, the file (and record and field) or the
+# run directory to fix. A single run reports them as one `error:` line and logs no traceback for them.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    FileNotFoundError,
+    DataValidationError,
+    RunLockedError,
+)
+
 
 def full_error() -> bool:
     """Whether the user asked for full tracebacks (Hydra's own test of `HYDRA_FULL_ERROR`)."""

@@ -89,7 +89,7 @@ class MaskingConfig:
             )
         if self.turn_schedule is not TurnSchedule.decay and self.turn_decay != 1.0:
             raise ConfigError(
-                f"masking.turn_decay={self.turn_decay!r} has no effect with "
+                f"masking.turn_decay={self.turn_decay!r} has no effect with masking={self.name.value} and "
                 f"masking.turn_schedule={self.turn_schedule.value}: set masking.turn_schedule=decay"
             )
 

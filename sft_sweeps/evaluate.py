@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from sft_sweeps.cli import errors_reported, in_multirun
+from sft_sweeps.cli import USER_ERRORS, errors_reported, in_multirun
 from sft_sweeps.config import Config, ConfigError, register_configs, validate
 from sft_sweeps.identity import job_dirname
 from sft_sweeps.metrics import lower_is_better, short_name, sort_keys
@@ -47,6 +47,7 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
     Raises:
         ConfigError: `eval.model_path` is missing, not a directory, or holds no model or tokenizer.
+        DataValidationError: an invalid record with `dataset.on_invalid=error` (before the model loads).
     """
     settings: Config = validate(cfg)
     model_path = settings.eval.model_path
@@ -60,6 +61,8 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     from sft_sweeps.tokenizer import load_pretrained_tokenizer
 
     check_before_work(settings)
+    # The data first: a bad record is named before a model, possibly large, is loaded for nothing.
+    splits = load_splits(settings.dataset)
     key = "eval.model_path"
     tokenizer = load_pretrained_tokenizer(model_path, settings.model.trust_remote_code, key)
     if tokenizer.pad_token is None:
@@ -74,8 +77,6 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         kwargs["attn_implementation"] = settings.model.attn_implementation
     model = load_pretrained_model(model_path, kwargs, key)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-
-    splits = load_splits(settings.dataset)
     log.info(
         "evaluating %s on %d test conversations (data fingerprint %s)",
         model_path,
@@ -122,7 +123,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    with errors_reported(ConfigError, FileNotFoundError, enabled=not in_multirun()):
+    with errors_reported(*USER_ERRORS, enabled=not in_multirun()):
         record = run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
     return record["metrics"].get(cfg.optimized_metric)
 

@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from transformers import set_seed
 
+from sft_sweeps.cli import USER_ERRORS, full_error
 from sft_sweeps.config import Config, ConfigError, validate
 from sft_sweeps.data import Splits, load_splits
 from sft_sweeps.evaluation.benchmarks import EvalContext, check_benchmarks, run_benchmarks
@@ -134,10 +135,14 @@ def _run_locked(cfg: DictConfig, settings: Config, run_dir: str) -> RunRecord:
         for key, value in outputs.items():
             setattr(record, key, value)
         record.status = "done"
-    except Exception:
+    except Exception as e:
         record.status = "failed"
-        record.error = traceback.format_exc()
-        log.error("run failed: %s\n%s", run_dir, record.error)
+        record.error = traceback.format_exc()  # the record keeps the traceback, whatever the log says
+        if isinstance(e, USER_ERRORS) and not _in_multirun() and not full_error():
+            # The entry point prints this message as its one `error:` line; a traceback would bury it.
+            log.error("run failed: %s: %s", run_dir, e)
+        else:
+            log.error("run failed: %s\n%s", run_dir, record.error)
         if not _in_multirun():
             raise
     finally:

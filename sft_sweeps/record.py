@@ -66,8 +66,8 @@ def read_record(run_dir: str | Path) -> dict[str, Any] | None:
     """The raw record in `run_dir`, or None when there is none (or it is unreadable)."""
     path = Path(run_dir) / RECORD_NAME
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
@@ -79,14 +79,25 @@ def load_run_record(run_dir: str | Path) -> RunRecord | None:
     """
     path = Path(run_dir) / RECORD_NAME
     try:
-        return RunRecord.from_dict(json.loads(path.read_text()), str(path))
+        return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError, RecordError, TypeError) as e:
-        aside = path.with_name(f"{RECORD_NAME}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        aside = _aside_name(path)
         os.replace(path, aside)
         log.warning("%s is unreadable (%s); moved it to %s and starting the run afresh", path, e, aside)
         return None
+
+
+def _aside_name(path: Path) -> Path:
+    """`result.json.unreadable-<time>`, with `-2`, `-3`... when that name is taken: a second unreadable
+    record within the same second must not replace the first one kept aside."""
+    base = path.with_name(f"{RECORD_NAME}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside, n = base, 1
+    while aside.exists():
+        n += 1
+        aside = base.with_name(f"{base.name}-{n}")
+    return aside
 
 
 def write_record(run_dir: str | Path, record: RunRecord) -> None:

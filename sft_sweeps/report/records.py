@@ -53,7 +53,8 @@ def load_records(paths_or_globs: str | Iterable[str]) -> list[RunRecord]:
 
     Raises:
         FileNotFoundError: a spec matched no result.json.
-        RecordError: a file is not valid JSON or lacks a required field (file and field named).
+        RecordError: a file cannot be read, is not valid UTF-8 or JSON, or lacks a required field (file and
+            field named).
     """
     specs = [paths_or_globs] if isinstance(paths_or_globs, str) else list(paths_or_globs)
     files: set[Path] = set()
@@ -65,9 +66,13 @@ def load_records(paths_or_globs: str | Iterable[str]) -> list[RunRecord]:
     records = []
     for path in sorted(files):
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise RecordError(f"{path}: not valid JSON ({e})") from e
+        except UnicodeDecodeError as e:  # a torn or foreign file: name it, not the codec's position alone
+            raise RecordError(f"{path}: not valid UTF-8 ({e})") from e
+        except OSError as e:
+            raise RecordError(f"{path}: cannot read ({e.strerror or e})") from e
         records.append(RunRecord.from_dict(record, str(path)))
     return records
 
