@@ -89,7 +89,7 @@ class MaskingConfig:
             )
         if self.turn_schedule is not TurnSchedule.decay and self.turn_decay != 1.0:
             raise ConfigError(
-                f"masking.turn_decay={self.turn_decay!r} has no effect with masking={self.name.value} and "
+                f"masking.turn_decay={self.turn_decay!r} has no effect with masking={self.name} and "
                 f"masking.turn_schedule={self.turn_schedule.value}: set masking.turn_schedule=decay"
             )
 
@@ -195,6 +195,9 @@ class DatasetConfig:
     on_invalid: str = "error"
     # Seed of data generation and splitting: fixed across strategies and training seeds.
     seed: int = 1234
+    # The benchmarks that judge models trained on this data, unless `eval.benchmarks` says otherwise:
+    # the synthetic tasks have exact answers; real chats are judged by multi-turn instruction following.
+    benchmarks: list[str] = field(default_factory=lambda: ["synthetic", "nll"])
 
     def __post_init__(self) -> None:
         sources = ("synthetic", "local", "hub", "sharegpt_package")
@@ -453,8 +456,8 @@ class Config:
     # Training seed (init, data order, dropout). Seed 0 is a seed.
     seed: int = 0
     # The metric returned to Hydra (what a sweeper such as Optuna optimises); a key of result.json's
-    # `metrics`, see sft_sweeps.metrics.
-    optimized_metric: str = "synthetic/turn_exact_match"
+    # `metrics` (sft_sweeps.metrics). null: the headline metric of the first of eval.benchmarks.
+    optimized_metric: str | None = None
     # Names the sweep folder and prefixes the W&B group; experiment files set it.
     sweep_name: str = "default"
     # Skip a run whose result.json in the run dir says `done` for the same config hash.

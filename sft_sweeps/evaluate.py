@@ -125,7 +125,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def main(cfg: DictConfig) -> float | None:
     with errors_reported(*USER_ERRORS, enabled=not in_multirun()):
         record = run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
-    return record["metrics"].get(cfg.optimized_metric)
+    from sft_sweeps.evaluation.benchmarks import optimized_metric
+
+    return record["metrics"].get(optimized_metric(validate(cfg)))
 
 
 if __name__ == "__main__":

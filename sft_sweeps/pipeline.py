@@ -22,10 +22,10 @@ from omegaconf import DictConfig
 from transformers import set_seed
 
 from sft_sweeps.cli import USER_ERRORS, full_error
-from sft_sweeps.config import Config, ConfigError, validate
+from sft_sweeps.config import Config, validate
 from sft_sweeps.data import Splits, load_splits
-from sft_sweeps.evaluation.benchmarks import EvalContext, check_benchmarks, run_benchmarks
-from sft_sweeps.identity import RunRecord, config_hash, masking_label
+from sft_sweeps.evaluation.benchmarks import EvalContext, check_benchmarks, optimized_metric, run_benchmarks
+from sft_sweeps.identity import RunRecord, masking_label
 from sft_sweeps.masking import build_dataset
 from sft_sweeps.modeling import build_model, count_parameters
 from sft_sweeps.record import (
@@ -51,12 +51,7 @@ def check_before_work(settings: Config) -> None:
             `optimized_metric` belongs to no listed benchmark.
     """
     check_benchmarks(settings)
-    benchmark = settings.optimized_metric.split("/", 1)[0]
-    if benchmark not in (*settings.eval.benchmarks, "run"):
-        raise ConfigError(
-            f"optimized_metric={settings.optimized_metric!r} is computed by benchmark {benchmark!r}, which "
-            f"eval.benchmarks={list(settings.eval.benchmarks)} does not run; pick a metric of one of them"
-        )
+    optimized_metric(settings)
 
 
 def run(cfg: DictConfig, run_dir: str | None = None) -> RunRecord | None:
@@ -96,12 +91,35 @@ def run(cfg: DictConfig, run_dir: str | None = None) -> RunRecord | None:
 
 def _run_locked(cfg: DictConfig, settings: Config, run_dir: str) -> RunRecord:
     previous = load_run_record(run_dir)
-    splits = load_splits(settings.dataset)
-    chash = config_hash(cfg)
-    if cfg.resume and previous is not None and previous.status == "done" and previous.config_hash == chash:
+    record = RunRecord.start(
+        cfg,
+        overrides=_overrides(),
+        run_dir=str(run_dir),
+        versions=package_versions(),
+        git_commit=git_commit(),
+        device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        owner={"host": socket.gethostname(), "pid": os.getpid()},
+    )
+    try:
+        splits = load_splits(settings.dataset)
+    except Exception as e:  # data that cannot be read: a failed job the sweep table names, not a missing one
+        _record_failure(record, e, run_dir)
+        write_record(run_dir, record)
+        if not _in_multirun():
+            raise
+        return record
+    record.data = {"fingerprint": splits.fingerprint, "stats": splits.stats}
+    if (
+        cfg.resume
+        and previous is not None
+        and previous.status == "done"
+        and previous.config_hash == record.config_hash
+    ):
         if previous.data_fingerprint == splits.fingerprint:
             log.info(
-                "skipping %s: result.json says done for config %s (resume=false reruns it)", run_dir, chash
+                "skipping %s: result.json says done for config %s (resume=false reruns it)",
+                run_dir,
+                record.config_hash,
             )
             return previous
         log.warning(
@@ -111,16 +129,6 @@ def _run_locked(cfg: DictConfig, settings: Config, run_dir: str) -> RunRecord:
             splits.fingerprint[:12],
         )
 
-    record = RunRecord.start(
-        cfg,
-        overrides=_overrides(),
-        run_dir=str(run_dir),
-        versions=package_versions(),
-        git_commit=git_commit(),
-        device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        owner={"host": socket.gethostname(), "pid": os.getpid()},
-        data={"fingerprint": splits.fingerprint, "stats": splits.stats},
-    )
     previous_wandb = (previous.wandb if previous else None) or {}
     tracker = make_tracker(cfg, run_dir, run_id=previous_wandb.get("run_id"))
     record.wandb = {
@@ -136,13 +144,7 @@ def _run_locked(cfg: DictConfig, settings: Config, run_dir: str) -> RunRecord:
             setattr(record, key, value)
         record.status = "done"
     except Exception as e:
-        record.status = "failed"
-        record.error = traceback.format_exc()  # the record keeps the traceback, whatever the log says
-        if isinstance(e, USER_ERRORS) and not _in_multirun() and not full_error():
-            # The entry point prints this message as its one `error:` line; a traceback would bury it.
-            log.error("run failed: %s: %s", run_dir, e)
-        else:
-            log.error("run failed: %s\n%s", run_dir, record.error)
+        _record_failure(record, e, run_dir)
         if not _in_multirun():
             raise
     finally:
@@ -152,6 +154,17 @@ def _run_locked(cfg: DictConfig, settings: Config, run_dir: str) -> RunRecord:
         write_record(run_dir, record)
         tracker.finish(record.status if record.status in ("done", "failed") else "failed")
     return record
+
+
+def _record_failure(record: RunRecord, error: Exception, run_dir: str) -> None:
+    """Mark `record` failed with the traceback; log it (one line for a user error in a single run)."""
+    record.status = "failed"
+    record.error = traceback.format_exc()  # the record keeps the traceback, whatever the log says
+    if isinstance(error, USER_ERRORS) and not _in_multirun() and not full_error():
+        # The entry point prints this message as its one `error:` line; a traceback would bury it.
+        log.error("run failed: %s: %s", run_dir, error)
+    else:
+        log.error("run failed: %s\n%s", run_dir, record.error)
 
 
 def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker: Tracker) -> dict[str, Any]:

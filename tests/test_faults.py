@@ -738,3 +738,34 @@ def test_load_records_names_a_record_it_cannot_read(tmp_path: Path) -> None:
     (tmp_path / "job" / RECORD_NAME).mkdir(parents=True)  # a directory where the file should be
     with pytest.raises(RecordError, match=rf"^{re.escape(str(tmp_path / 'job' / RECORD_NAME))}: cannot read"):
         load_records([str(tmp_path)])
+
+
+def test_a_job_whose_data_cannot_be_read_is_recorded_failed_in_a_multirun(tmp_path: Path) -> None:
+    """Data is read before the resume check (it needs the fingerprint); a failure there is still a
+    `failed` record naming the file, so the sweep table says what broke instead of "missing"."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "robot", "content": "hi"}]}\n')
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sft_sweeps",
+            "-m",
+            "masking=all",
+            "dataset=local_jsonl",
+            f"dataset.path={bad}",
+            "debug=smoke",
+            "logger=none",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"cache_dir={tmp_path / 'cache'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (record_file,) = (tmp_path / "sweep").glob("*/result.json")
+    record = json.loads(record_file.read_text())
+    assert record["status"] == "failed" and "bad.jsonl" in record["error"] and "role" in record["error"]
+    assert "1/1 runs done" not in out.stdout and "failed" in out.stdout

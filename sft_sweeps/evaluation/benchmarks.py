@@ -161,6 +161,34 @@ def get_benchmark(name: str) -> Benchmark:
         ) from None
 
 
+def optimized_metric(settings: Config) -> str:
+    """The metric returned to Hydra: `optimized_metric` when set, else the first headline metric
+    (`sft_sweeps.metrics`) of the first listed benchmark that declares one.
+
+    Raises:
+        ConfigError: it is not computed by any listed benchmark, or none declares a headline metric.
+    """
+    from sft_sweeps.metrics import METRICS
+
+    listed = list(settings.eval.benchmarks)
+    key = settings.optimized_metric
+    if key is None:
+        heads = [m.key for name in listed for m in METRICS.values() if m.benchmark == name and m.headline]
+        if not heads:
+            raise ConfigError(
+                f"optimized_metric: none of eval.benchmarks={listed} declares a headline metric; set "
+                "optimized_metric=<benchmark>/<metric>, e.g. lm_eval/ifeval/prompt_level_strict_acc_none"
+            )
+        return heads[0]
+    benchmark = key.split("/", 1)[0]
+    if benchmark not in (*listed, "run"):
+        raise ConfigError(
+            f"optimized_metric={key!r} is computed by benchmark {benchmark!r}, which "
+            f"eval.benchmarks={listed} does not run; pick a metric of one of them"
+        )
+    return key
+
+
 def check_benchmarks(settings: Config) -> None:
     """Fail before training when a listed benchmark cannot run (BenchmarkUnavailable says how to fix it)."""
     for name in settings.eval.benchmarks:
