@@ -72,6 +72,18 @@ class Benchmark(Protocol):
         """Score `context.model`."""
 
 
+def _held_out(evaluate_split: Any, context: EvalContext) -> Any:
+    """`evaluate_synthetic` or `evaluate_nll` on the context's held-out split."""
+    return evaluate_split(
+        context.model,
+        context.tokenizer,
+        context.conversations,
+        context.settings.eval,
+        context.progress,
+        context.window,
+    )
+
+
 class SyntheticBenchmark:
     """The project's own multi-turn tasks: exact match with gold and own history, stop rate."""
 
@@ -87,14 +99,7 @@ class SyntheticBenchmark:
     def run(self, context: EvalContext) -> BenchmarkResult:
         from sft_sweeps.evaluation.multiturn import evaluate_synthetic
 
-        result = evaluate_synthetic(
-            context.model,
-            context.tokenizer,
-            context.conversations,
-            context.settings.eval,
-            context.progress,
-            context.window,
-        )
+        result = _held_out(evaluate_synthetic, context)
         return BenchmarkResult(result.metrics, result.by_depth, result.items)
 
 
@@ -109,14 +114,7 @@ class HeldOutNLL:
     def run(self, context: EvalContext) -> BenchmarkResult:
         from sft_sweeps.evaluation.multiturn import evaluate_nll
 
-        result = evaluate_nll(
-            context.model,
-            context.tokenizer,
-            context.conversations,
-            context.settings.eval,
-            context.progress,
-            context.window,
-        )
+        result = _held_out(evaluate_nll, context)
         items = [{k: v for k, v in item.items() if k != "gold"} for item in result.items]
         return BenchmarkResult(result.metrics, result.by_depth, items)
 
