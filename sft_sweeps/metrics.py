@@ -6,7 +6,9 @@ the value returned to Hydra (`optimized_metric`) all read this module to know wh
 looked up by its last component, so records written before metrics carried a benchmark prefix
 (`turn_exact_match`) are read the same way.
 
-Add a metric by adding one `Metric` to `_DECLARED`; nothing else lists metric names.
+Every benchmark's metrics are declared here, so the report and the dashboard know them without importing
+the benchmarks (torch, transformers). Add a metric by adding one `Metric` to `_DECLARED`; nothing else
+lists metric names.
 
 Example:
     >>> lookup("synthetic/state_tracking/turn_exact_match").short
@@ -113,6 +115,67 @@ _DECLARED = (
     _count("num_cut_tokens", "nll", "assistant tokens beyond the window, not scored"),
     _count("num_windowed_turns", "nll", "turns scored in a window shorter than their history"),
     _count("num_nll_conversations", "nll", "conversations scored"),
+    # multi_if: multi-turn instruction following (sft_sweeps.evaluation.multi_if), own history.
+    Metric(
+        "if_prompt_strict",
+        "multi_if",
+        True,
+        "IF prompt",
+        "answers following every instruction in force (strict), own history",
+        item_field="prompt_strict",
+        headline=True,
+    ),
+    Metric(
+        "if_prompt_loose",
+        "multi_if",
+        True,
+        "IF prompt loose",
+        "answers following every instruction (loose)",
+        item_field="prompt_loose",
+    ),
+    Metric(
+        "if_instruction_strict",
+        "multi_if",
+        True,
+        "IF inst",
+        "instructions followed, over all instructions of all answers (strict)",
+        item_field="instruction_strict",
+    ),
+    Metric(
+        "if_instruction_loose",
+        "multi_if",
+        True,
+        "IF inst loose",
+        "instructions followed, over all instructions of all answers (loose)",
+        item_field="instruction_loose",
+    ),
+    Metric(
+        "if_all_turns_strict",
+        "multi_if",
+        True,
+        "IF all turns",
+        "conversations whose every answer follows all its instructions (strict)",
+        item_field="prompt_strict",
+        level="conversation",
+    ),
+    _count("num_if_conversations", "multi_if", "Multi-IF conversations scored"),
+    _count("num_if_turns", "multi_if", "Multi-IF answers scored"),
+    # judge: an LLM judge grades each answer (sft_sweeps.evaluation.judge).
+    Metric(
+        "mean_grade",
+        "judge",
+        True,
+        "judge",
+        "mean judge grade (1-10, MT-Bench single grading) over graded turns; failures counted, not averaged",
+        item_field="grade",
+        headline=True,
+    ),
+    _count("num_judge_questions", "judge", "questions answered and judged"),
+    _count("num_judge_turns", "judge", "answers sent to the judge"),
+    _count("num_graded_turns", "judge", "answers with a grade"),
+    _count("num_parse_failures", "judge", "judgments without a [[rating]] in 1-10, refusals included"),
+    _count("num_request_failures", "judge", "judge requests that failed after their retries"),
+    _count("num_cached_judgments", "judge", "judgments read from the cache instead of the judge"),
     # run: bookkeeping about training.
     Metric("train_loss", "run", False, "train loss", "final training loss (not comparable)", compared=False),
     Metric("train_runtime_s", "run", False, "train s", "training wall time", compared=False),

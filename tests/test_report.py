@@ -376,3 +376,32 @@ def test_record_from_wandb_run(base_config: dict) -> None:
     crashed.seed, crashed.config = 2, {**record.config, "seed": 2}
     report = analyze([record, crashed])
     assert report.hygiene.done == 1 and len(report.hygiene.not_done) == 1
+
+
+def test_judge_grades_are_paired_over_items_graded_in_both_runs(base_config: dict) -> None:
+    """An ungraded item (parse failure, `grade: None`) is left out of the pairing, not averaged in as a
+    number, and does not switch the item test off."""
+
+    def judged(strategy: str, seed: int, grades: list[float | None]) -> RunRecord:
+        config = copy.deepcopy(base_config)
+        config["masking"]["name"], config["seed"] = strategy, seed
+        config["masking"]["prompt_weight"] = 0.1 if strategy == "weighted" else 0.0
+        items = [{"id": f"q{i}", "turn": 1, "grade": g} for i, g in enumerate(grades)]
+        graded = [g for g in grades if g is not None]
+        return RunRecord.from_dict(
+            {
+                "status": "done",
+                "seed": seed,
+                "config": config,
+                "metrics": {"judge/mean_grade": sum(graded) / len(graded)},
+                "eval_items": {"judge": items},
+            },
+            f"{strategy}-{seed}",
+        )
+
+    best = [8.0, 9.0, None, 7.0, 8.0, 9.0]
+    other = [3.0, None, 2.0, 4.0, 3.0, 2.0]
+    records = [judged("all", s, best) for s in (0, 1)] + [judged("last", s, other) for s in (0, 1)]
+    (setting,) = analyze(records).settings
+    (comparison,) = setting.comparisons["judge/mean_grade"]
+    assert comparison.items is not None and comparison.items.n == 4  # q0, q3, q4, q5: graded in both

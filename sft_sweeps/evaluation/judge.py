@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from sft_sweeps.metrics import Metric, register
 from sft_sweeps.record import write_json_atomic
 
 if TYPE_CHECKING:
@@ -71,27 +70,6 @@ _GRADE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _GRADE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 _FIELDS = re.compile(r"(question|answer|ref_answer)(_\d+)?|conversation|ref_conversation|turn|turn_ordinal")
-
-MEAN_GRADE = register(
-    Metric(
-        "mean_grade",
-        "judge",
-        True,
-        "judge",
-        "mean judge grade (1-10, MT-Bench single grading) over graded turns; failures counted, not averaged",
-        item_field="grade",
-        headline=True,
-    )
-)
-for _name, _description in (
-    ("num_judge_questions", "questions answered and judged"),
-    ("num_judge_turns", "answers sent to the judge"),
-    ("num_graded_turns", "answers with a grade"),
-    ("num_parse_failures", "judgments without a [[rating]] in 1-10, refusals included"),
-    ("num_request_failures", "judge requests that failed after their retries"),
-    ("num_cached_judgments", "judgments read from the cache instead of the judge"),
-):
-    register(Metric(_name, "judge", True, _name.removeprefix("num_"), _description, compared=False))
 
 
 @dataclass

@@ -61,7 +61,6 @@ from sft_sweeps.evaluation.multi_if_data import (
     read_local,
     select,
 )
-from sft_sweeps.metrics import Metric, register
 
 if TYPE_CHECKING:
     from sft_sweeps.evaluation.benchmarks import BenchmarkResult, EvalContext
@@ -361,52 +360,3 @@ class MultiIFBenchmark:
         metrics, by_depth = aggregate(records)
         info.update(num_items=len(items), max_new_tokens=cfg.max_new_tokens)
         return BenchmarkResult(metrics, by_depth, records, info)
-
-
-def _declare() -> None:
-    def rate(name: str, short: str, description: str, field: str, **extra: Any) -> Metric:
-        return Metric(name, "multi_if", True, short, description, item_field=field, **extra)
-
-    def count(name: str, description: str) -> Metric:
-        return Metric(name, "multi_if", True, name.removeprefix("num_"), description, compared=False)
-
-    for metric in (
-        rate(
-            "if_prompt_strict",
-            "IF prompt",
-            "answers following every instruction in force (strict), own history",
-            "prompt_strict",
-            headline=True,
-        ),
-        rate(
-            "if_prompt_loose",
-            "IF prompt loose",
-            "answers following every instruction (loose)",
-            "prompt_loose",
-        ),
-        rate(
-            "if_instruction_strict",
-            "IF inst",
-            "instructions followed, over all instructions of all answers (strict)",
-            "instruction_strict",
-        ),
-        rate(
-            "if_instruction_loose",
-            "IF inst loose",
-            "instructions followed, over all instructions of all answers (loose)",
-            "instruction_loose",
-        ),
-        rate(
-            "if_all_turns_strict",
-            "IF all turns",
-            "conversations whose every answer follows all its instructions (strict)",
-            "prompt_strict",
-            level="conversation",
-        ),
-        count("num_if_conversations", "Multi-IF conversations scored"),
-        count("num_if_turns", "Multi-IF answers scored"),
-    ):
-        register(metric)
-
-
-_declare()

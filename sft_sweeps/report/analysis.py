@@ -270,6 +270,8 @@ def _items_by_key(run: Run, metric: str) -> dict[tuple, float] | None:
         if task and item.get("task") != task:
             continue
         value = item.get(declared.item_field)
+        if value is None and declared.item_field in item:
+            continue  # no value here (a judgment that failed to parse): pair items graded in both runs
         if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
             return None  # a field missing or non-numeric on any item: no item-level test for this metric
         key = (
