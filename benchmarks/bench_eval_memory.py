@@ -119,6 +119,9 @@ def main() -> int:
     parser.add_argument("--budget-gb", type=float, default=6.0)
     parser.add_argument("--interval", type=float, default=0.2, help="RSS sampling period, seconds")
     parser.add_argument("--out", help="sweep dir (default: a fresh temporary dir)")
+    parser.add_argument(
+        "--threads", type=int, help="OMP_NUM_THREADS of the sweep (1 steadies a shared machine)"
+    )
     args = parser.parse_args()
 
     sweep_dir = args.out or tempfile.mkdtemp(prefix="bench_eval_memory_")
@@ -126,6 +129,8 @@ def main() -> int:
     command = sweep_command(args, sweep_dir)
     print("command:", " ".join(command[1:]), flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     start = time.monotonic()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     sampler = JobSampler(child.pid, args.interval, Path(sweep_dir) / "bench_eval_memory.log")
@@ -139,20 +144,21 @@ def main() -> int:
     poller.join()
     if sampler.current is not None:
         sampler.ends[sampler.current] = time.monotonic()
-    sweep_peak_gb = usage.ru_maxrss / 1024**2  # Linux reports KiB
+    sweep_peak_gb = usage.ru_maxrss / 1024**2  # Linux reports KiB; this is GiB
     code = os.waitstatus_to_exitcode(status)
 
-    print(f"\n{'job':<40} {'peak RSS (GB)':>13} {'wall (s)':>9}  status  metrics")
+    print(f"\n{'job':<22} {'peak RSS (GiB)':>14} {'wall (s)':>9}  status  metrics")
+    print(f"{'(start-up, imports)':<22} {sampler.peaks.get('(startup)', 0) / 1024**3:>14.2f}")
     for job, started in sampler.starts.items():
         peak = sampler.peaks.get(job, 0) / 1024**3
         status_text, metrics = _job_result(Path(sweep_dir), job)
         elapsed = sampler.ends.get(job, started) - started
-        print(f"{job:<40} {peak:>13.2f} {elapsed:>9.0f}  {status_text:<6}  {metrics}")
-    print(f"{'startup (imports, before job #0)':<40} {sampler.peaks.get('(startup)', 0) / 1024**3:>13.2f}")
+        name = job.split()[0]  # the strategy; the other overrides are the same for every job
+        print(f"{name:<22} {peak:>14.2f} {elapsed:>9.0f}  {status_text:<6}  {metrics}")
     print(f"\nsweep exit code {code}, wall {wall:.0f} s, log {sampler.log_path}")
     verdict = "within" if sweep_peak_gb < args.budget_gb and code == 0 else "OVER"
-    budget = f"budget {args.budget_gb:g} GB"
-    print(f"sweep peak RSS {sweep_peak_gb:.2f} GB (kernel ru_maxrss), {budget}: {verdict}")
+    budget = f"budget {args.budget_gb:g} GiB"
+    print(f"sweep peak RSS {sweep_peak_gb:.2f} GiB (kernel ru_maxrss), {budget}: {verdict}")
     return 0 if verdict == "within" else 1
 
 

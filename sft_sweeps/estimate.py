@@ -4,8 +4,8 @@ Tokens per job come from the config: `max_steps x per_device_train_batch_size x 
 samples, each at most `max_length` tokens (an upper bound), or the mean tokens per sample measured by the
 calibration when it was made on the same data, tokenizer and `max_length`. Wall time is those tokens over
 the throughput (real tokens/s) of `calibration.json` (`python -m sft_sweeps.calibrate`), plus its
-evaluation time when it measured one. A calibration made with other train settings or another model is
-still used, and the lines say what differs.
+evaluation time when it measured one. A calibration of another model gives no time (the line says so and
+how to calibrate); one made with other train settings is used, and the notes say what differs.
 
 The `SweepEstimate` Hydra callback (`sft_sweeps.callbacks`) prints this for every multirun.
 
@@ -75,6 +75,10 @@ def estimate_job(overrides: list[str], settings: Config, calibration: dict[str, 
     job = JobEstimate(overrides, samples=samples, max_tokens=samples * t.max_length)
     if calibration is None:
         return job
+    measured_model = calibration.get("train_signature", {}).get("model")
+    if measured_model != train_signature(settings)["model"]:
+        job.notes.append(f"calibration.json measured another model ({measured_model}): no time estimate")
+        return job
     same_data = not _differences(calibration.get("data_signature", {}), data_signature(settings))
     mean = calibration["mean_tokens_per_sample"] if same_data else t.max_length
     job.tokens = samples * mean if same_data else None
@@ -109,6 +113,8 @@ def _tokens(n: float) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
     hours, rest = divmod(round(seconds), 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
@@ -150,7 +156,7 @@ def format_estimate(
         )
         lines.append(f"  {hint}")
         return "\n".join(lines)
-    if all(j.seconds is not None for j in valid) and valid:
+    if valid and all(j.seconds is not None for j in valid):
         known = [j.tokens for j in valid if j.tokens is not None]
         if len(known) == len(valid):
             lines[-1] += f", ~{_tokens(sum(known))} expected"
@@ -169,6 +175,8 @@ def format_estimate(
     )
     notes = sorted({n for j in valid for n in j.notes})
     lines.extend(f"Note: {n}" for n in notes)
+    if any(j.seconds is None for j in valid):
+        lines.append(f"Calibrate this sweep's model: {hint}")
     return "\n".join(lines)
 
 
