@@ -141,7 +141,7 @@ def turn_nlls(
     vocabularies.
     """
     results: list[list[tuple[float, int]]] = [[] for _ in conversations]
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = _vocab_size(model)
     for batch in logit_batches(conversations, spans, batch_size, vocab, max_logits):
         input_ids, attention_mask = pad_rows([conversations[i] for i in batch], pad_id, side="right")
         # Position p's logits predict token p + 1.
@@ -164,6 +164,14 @@ def turn_nlls(
         if on_batch is not None:
             on_batch(len(batch))
     return results
+
+
+def _vocab_size(model: PreTrainedModel) -> int:
+    """Rows of the output layer (the logits per position); 0 when the model does not say (no logit cap)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and hasattr(head, "weight"):
+        return int(head.weight.shape[0])
+    return int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
 
 
 def logit_batches(
