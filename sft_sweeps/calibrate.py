@@ -100,6 +100,7 @@ def calibrate(settings: Config, steps: int, warmup: int, with_eval: bool = False
     from sft_sweeps.tokenizer import load_tokenizer
     from sft_sweeps.training import build_trainer
 
+    setup_start = time.perf_counter()  # what every job pays before training: data, tokenizing, model
     splits = load_splits(settings.dataset)
     tokenizer = load_tokenizer(settings.model.tokenizer, settings.model.trust_remote_code)
     dataset, stats = build_dataset(
@@ -117,6 +118,7 @@ def calibrate(settings: Config, steps: int, warmup: int, with_eval: bool = False
         clock = StepClock(trainer)
         trainer.add_callback(clock)
         start = time.perf_counter()
+        setup_s = start - setup_start
         trainer.train()
         train_s = time.perf_counter() - start
     (t0, n0), (t1, n1) = clock.marks[warmup - 1], clock.marks[-1]
@@ -127,6 +129,7 @@ def calibrate(settings: Config, steps: int, warmup: int, with_eval: bool = False
         "steps": steps,
         "warmup_steps": warmup,
         "train_wall_s": round(train_s, 2),
+        "setup_wall_s": round(setup_s, 2),
         "train_signature": train_signature(settings),
         "data_signature": data_signature(settings),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

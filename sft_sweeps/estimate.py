@@ -3,9 +3,10 @@
 Tokens per job come from the config: `max_steps x per_device_train_batch_size x gradient_accumulation_steps`
 samples, each at most `max_length` tokens (an upper bound), or the mean tokens per sample measured by the
 calibration when it was made on the same data, tokenizer and `max_length`. Wall time is those tokens over
-the throughput (real tokens/s) of `calibration.json` (`python -m sft_sweeps.calibrate`), plus its
-evaluation time when it measured one. A calibration of another model gives no time (the line says so and
-how to calibrate); one made with other train settings is used, and the notes say what differs.
+the throughput (real tokens/s) of `calibration.json` (`python -m sft_sweeps.calibrate`), plus its set-up
+time (loading and tokenizing the data, building the model) and its evaluation time when it measured one.
+A calibration of another model gives no time (the line says so and how to calibrate); one made with other
+train settings is used, and the notes say what differs.
 
 The `SweepEstimate` Hydra callback (`sft_sweeps.callbacks`) prints this for every multirun.
 
@@ -45,7 +46,7 @@ class JobEstimate:
         samples: training samples it sees (steps x batch x accumulation).
         max_tokens: the upper bound, every sample `max_length` tokens long.
         tokens: the expected tokens (calibrated mean tokens per sample), None without a matching calibration.
-        seconds: expected wall time (training plus calibrated evaluation), None without a calibration.
+        seconds: expected wall time (set-up, training, evaluation when calibrated), None without one.
         notes: how the calibration differs from this job, or why the job config is invalid.
     """
 
@@ -88,8 +89,7 @@ def estimate_job(overrides: list[str], settings: Config, calibration: dict[str, 
     if not same_data:
         job.notes.append("calibration made on other data: time from the max_length upper bound")
     job.seconds = samples * mean / calibration["tokens_per_s"]
-    if "eval_wall_s" in calibration:
-        job.seconds += calibration["eval_wall_s"]
+    job.seconds += calibration.get("setup_wall_s", 0.0) + calibration.get("eval_wall_s", 0.0)
     return job
 
 
@@ -163,10 +163,11 @@ def format_estimate(
         lines.append(
             f"Wall time: ~{_duration(sum(j.seconds for j in valid))} for the sweep, jobs one after another"
         )
-    evaluation = (
+    setup = f" + {calibration['setup_wall_s']:.0f} s set-up" if "setup_wall_s" in calibration else ""
+    evaluation = setup + (
         f" + {calibration['eval_wall_s']:.0f} s evaluation"
         if "eval_wall_s" in calibration
-        else (" (training only: calibrate with --eval to add evaluation)")
+        else " (no evaluation: calibrate with --eval to add it)"
     )
     lines.append(
         f"From {path}: {calibration['tokens_per_s']:.0f} tokens/s on {calibration.get('device')}, "

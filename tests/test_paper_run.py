@@ -77,11 +77,11 @@ def test_paper_run_composes_into_15_valid_jobs(hydra_dir) -> None:
 
 def test_estimate_uses_calibrated_throughput_and_mean_length(hydra_dir) -> None:
     settings = validate(compose("config", overrides=PAPER))
-    job = estimate_job(["masking=all"], settings, _calibration(settings, eval_wall_s=60.0))
+    job = estimate_job(["masking=all"], settings, _calibration(settings, eval_wall_s=60.0, setup_wall_s=30.0))
 
     samples = 600 * 8 * 4
     assert (job.samples, job.max_tokens, job.tokens) == (samples, samples * 2048, samples * 100.0)
-    assert job.seconds == pytest.approx(samples * 100 / 1000 + 60)
+    assert job.seconds == pytest.approx(30 + samples * 100 / 1000 + 60)
     assert job.notes == []
 
 
