@@ -187,4 +187,4 @@ def calibration_hint(overrides: list[str]) -> str:
     chosen = [
         o for o in overrides if o.split("=", 1)[0].split(".", 1)[0].lstrip("+~") in keep and "," not in o
     ]
-    return " ".join(["python -m sft_sweeps.calibrate", *chosen])
+    return " ".join(["python -m sft_sweeps.calibrate --eval", *chosen])

@@ -103,7 +103,7 @@ def test_missing_calibration_names_the_command(hydra_dir, monkeypatch, tmp_path)
     assert "  #14 masking=weighted_pw001 seed=2: 19,200 samples, <= 39.32M tokens" in text
     assert "No calibration at" in text
     assert text.rstrip().endswith(
-        "python -m sft_sweeps.calibrate experiment=paper_run model=qwen2_5_0_5b dataset=ultrachat_200k"
+        "python -m sft_sweeps.calibrate --eval experiment=paper_run model=qwen2_5_0_5b dataset=ultrachat_200k"
     )
 
 
