@@ -1,7 +1,9 @@
-"""Hydra callbacks: a writable output dir before a run starts; what a sweep prints when its jobs have run."""
+"""Hydra callbacks: a writable output dir before a run starts; a sweep's jobs and cost before they run;
+what a sweep prints (and, with `WriteReport`, writes) when its jobs have run."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -12,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sft_sweeps.cli import exit_with_error, full_error
 
+log = logging.getLogger(__name__)
+
 
 class SweepSummary(Callback):
     """At the end of a multirun, print a table comparing the runs of that sweep (failed ones included)."""
@@ -20,6 +24,85 @@ class SweepSummary(Callback):
         from sft_sweeps.report import print_sweep_table
 
         print_sweep_table(config.hydra.sweep.dir)
+
+
+class SweepEstimate(Callback):
+    """Before the first job of a multirun: list the jobs with their tokens and, calibrated, wall time.
+
+    Reads `calibration.json` (`$SFT_SWEEPS_CALIBRATION`), or says which `python -m sft_sweeps.calibrate`
+    command makes it. Only the basic sweeper's jobs are known in advance (an Optuna sweep is not listed).
+    An estimate that cannot be made is logged as a warning: it never stops the sweep.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            text = sweep_estimate_text(config, kwargs.get("config_name") or "config")
+        except Exception as e:  # noqa: BLE001 - an estimate is advice; the sweep goes on without it
+            log.warning("no cost estimate for this sweep: %s", e)
+            return
+        print(text, flush=True)
+
+
+def sweep_estimate_text(config: DictConfig, config_name: str) -> str:
+    """The estimate `SweepEstimate` prints, for a multirun's config (its `hydra` node included)."""
+    from hydra import compose
+
+    from sft_sweeps.calibrate import calibration_path
+    from sft_sweeps.config import validate
+    from sft_sweeps.estimate import (
+        calibration_hint,
+        estimate_sweep,
+        format_estimate,
+        load_calibration,
+        sweep_jobs,
+    )
+
+    sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+    if not sweeper.endswith("BasicSweeper"):
+        return f"Sweep with {sweeper or 'an unknown sweeper'}: its jobs are chosen as it runs; no estimate."
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    task = list(OmegaConf.select(config, "hydra.overrides.task") or [])
+    overrides = [f"{k}={v}" for k, v in params.items()] + task
+    jobs = sweep_jobs(overrides)
+    varied = [o.split("=", 1)[0].lstrip("+~") for o in sweep_overrides(overrides)]
+    path = calibration_path()
+    calibration = load_calibration(path)
+    estimates = estimate_sweep(jobs, lambda job: validate(compose(config_name, overrides=job)), calibration)
+    return format_estimate(estimates, varied, calibration, path, calibration_hint(task))
+
+
+def sweep_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that list several values (what the sweep varies)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.input_line for o in parsed if o.is_sweep_override()]
+
+
+class WriteReport(Callback):
+    """At the end of a multirun, write the paper report of its sweep dir, as `python -m sft_sweeps.report`.
+
+    Args:
+        out_dir: the report folder (e.g. `reports/${sweep_name}`).
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from sft_sweeps.report import load_records, write_report
+
+        sweep_dir = str(config.hydra.sweep.dir)
+        command = f"python -m sft_sweeps.report {sweep_dir} --out {self.out_dir}"
+        try:
+            report = write_report(load_records([sweep_dir]), self.out_dir, command=command)
+        except Exception as e:  # noqa: BLE001 - the runs are recorded; the report can be rerun by hand
+            log.error("report not written (%s); rerun: %s", e, command)
+            return
+        h = report.hygiene
+        print(
+            f"{h.done}/{h.expected} runs done. Wrote {self.out_dir}/report.md (rerun: {command})", flush=True
+        )
 
 
 class CheckOutputDir(Callback):

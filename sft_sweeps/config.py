@@ -398,6 +398,9 @@ class EvalConfig:
     max_conversations: int | None = 200
     batch_size: int = 64
     max_new_tokens: int = 32
+    # Generation engine of every generating benchmark: hf (batched, KV cache, any device) or vllm (GPU; the
+    # saved model served by vLLM in this process; needs `pip install vllm` and train.save_model=true).
+    generation_backend: str = "hf"
     # Extra lm-eval tasks run by `simple_evaluate` on the trained model (ifeval, gsm8k: need data access).
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_limit: int | None = None
@@ -409,6 +412,13 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "eval.batch_size", "must be positive", self.batch_size)
         _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be positive", self.max_new_tokens)
+        backends = ("hf", "vllm")
+        _check(
+            self.generation_backend in backends,
+            "eval.generation_backend",
+            f"must be one of {backends}",
+            self.generation_backend,
+        )
 
 
 @dataclass

@@ -83,7 +83,10 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         len(splits.test),
         splits.fingerprint[:12],
     )
-    evaluated = run_benchmarks(EvalContext(model, tokenizer, splits, settings, model_window(model, settings)))
+    context = EvalContext(
+        model, tokenizer, splits, settings, model_window(model, settings), model_path=str(model_path)
+    )
+    evaluated = run_benchmarks(context)
     record = {
         "model_path": str(model_path),
         **evaluated,

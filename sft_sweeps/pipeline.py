@@ -75,6 +75,11 @@ def run(cfg: DictConfig, run_dir: str | None = None) -> RunRecord | None:
     """
     settings = validate(cfg)
     check_before_work(settings)
+    if settings.eval.generation_backend == "vllm" and not settings.train.save_model:
+        raise ConfigError(
+            "eval.generation_backend=vllm serves the trained model from disk: set train.save_model=true "
+            "(or eval.generation_backend=hf)"
+        )
     run_dir = run_dir or HydraConfig.get().runtime.output_dir
     if not _is_main_process():  # DDP (accelerate launch / torchrun): rank 0 records, tracks and evaluates
         _train_and_evaluate(settings, load_splits(settings.dataset), run_dir, Tracker(None))
@@ -212,7 +217,9 @@ def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker:
         tokenizer.save_pretrained(model_path)
 
     model.eval()
-    context = EvalContext(model, tokenizer, splits, settings, window=model_window(model, settings))
+    context = EvalContext(
+        model, tokenizer, splits, settings, window=model_window(model, settings), model_path=model_path
+    )
     evaluated = run_benchmarks(context)
     metrics = {
         **evaluated["metrics"],

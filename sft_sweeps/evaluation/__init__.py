@@ -15,7 +15,14 @@ from sft_sweeps.evaluation.benchmarks import (
     check_benchmarks,
     run_benchmarks,
 )
-from sft_sweeps.evaluation.generation import Generation, generate, prompt_ids
+from sft_sweeps.evaluation.generation import (
+    Generation,
+    GenerationBackend,
+    generate,
+    generate_turns,
+    generate_vllm,
+    prompt_ids,
+)
 from sft_sweeps.evaluation.harness import LM_EVAL_TASKS_DIR, run_configured_lm_eval, run_lm_eval
 from sft_sweeps.evaluation.multiturn import (
     EvalResult,
@@ -32,6 +39,7 @@ __all__ = [
     "EvalContext",
     "EvalResult",
     "Generation",
+    "GenerationBackend",
     "LM_EVAL_TASKS_DIR",
     "check_benchmarks",
     "evaluate",
@@ -39,6 +47,8 @@ __all__ = [
     "evaluate_synthetic",
     "exact_match",
     "generate",
+    "generate_turns",
+    "generate_vllm",
     "prompt_ids",
     "run_benchmarks",
     "run_configured_lm_eval",

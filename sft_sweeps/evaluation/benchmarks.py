@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sft_sweeps.config import Config, ConfigError
+from sft_sweeps.evaluation.generation import GenerationBackend, require_vllm
 from sft_sweeps.evaluation.judge import JudgeBenchmark
 from sft_sweeps.evaluation.multi_if import MultiIFBenchmark
 
@@ -37,6 +38,7 @@ class EvalContext:
         window: the longest token sequence to feed the model (training `max_length`, capped by the model's
             own context): NLL windows and generation prompts are cut to it, with the cut counted.
         split: which held-out split to score (`test`; `validation` for model selection).
+        model_path: the saved trained model, for `eval.generation_backend=vllm`.
     """
 
     model: Any
@@ -46,6 +48,13 @@ class EvalContext:
     window: int | None = None
     split: str = "test"
     progress: bool = True
+    # The trained model on disk (`<run dir>/model`): what `eval.generation_backend=vllm` serves.
+    model_path: str | None = None
+
+    @property
+    def generation_backend(self) -> GenerationBackend:
+        """The engine `eval.generation_backend` names, with the saved model vLLM would load."""
+        return GenerationBackend(self.settings.eval.generation_backend, self.model_path)
 
     @property
     def conversations(self) -> list[dict[str, Any]]:
@@ -72,7 +81,7 @@ class Benchmark(Protocol):
         """Score `context.model`."""
 
 
-def _held_out(evaluate_split: Any, context: EvalContext) -> Any:
+def _held_out(evaluate_split: Any, context: EvalContext, **extra: Any) -> Any:
     """`evaluate_synthetic` or `evaluate_nll` on the context's held-out split."""
     return evaluate_split(
         context.model,
@@ -81,6 +90,7 @@ def _held_out(evaluate_split: Any, context: EvalContext) -> Any:
         context.settings.eval,
         context.progress,
         context.window,
+        **extra,
     )
 
 
@@ -99,7 +109,7 @@ class SyntheticBenchmark:
     def run(self, context: EvalContext) -> BenchmarkResult:
         from sft_sweeps.evaluation.multiturn import evaluate_synthetic
 
-        result = _held_out(evaluate_synthetic, context)
+        result = _held_out(evaluate_synthetic, context, backend=context.generation_backend)
         return BenchmarkResult(result.metrics, result.by_depth, result.items)
 
 
@@ -188,9 +198,12 @@ def optimized_metric(settings: Config) -> str:
 
 
 def check_benchmarks(settings: Config) -> None:
-    """Fail before training when a listed benchmark cannot run (BenchmarkUnavailable says how to fix it)."""
+    """Fail before training when a listed benchmark cannot run (BenchmarkUnavailable says how to fix it),
+    or when `eval.generation_backend=vllm` and vllm is not installed (checked without importing it)."""
     for name in settings.eval.benchmarks:
         get_benchmark(name).check(settings)
+    if settings.eval.generation_backend == "vllm":
+        require_vllm()
 
 
 def run_benchmarks(context: EvalContext) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """Batched greedy generation of one assistant turn per prompt: left padding, KV cache, stop at end of turn.
 
+Every benchmark generates through one dispatch point, `generate_turns`, which picks the engine that
+`eval.generation_backend` names: `hf` (default: `generate`, the trained model in this process) or `vllm`
+(`generate_vllm`: the saved model served by vLLM on the GPU, imported only when asked). Both return the
+same `Generation` objects, prompts left-cut to the window the same way.
+
 Example:
     >>> ids = prompt_ids(tokenizer, [[{"role": "user", "content": "a=1"}]])  # doctest: +SKIP
     >>> generate(model, tokenizer, ids, batch_size=64, max_new_tokens=32)[0].text  # doctest: +SKIP
@@ -8,12 +13,19 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sft_sweeps.config import ConfigError
+
+GENERATION_BACKENDS = ("hf", "vllm")
 
 
 @dataclass
@@ -101,9 +113,7 @@ def generate(
     """
     stops = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    keep = None if window is None else max(1, window - max_new_tokens)
-    cuts = [0 if keep is None else max(0, len(p) - keep) for p in prompts]
-    prompts = [p[cut:] for p, cut in zip(prompts, cuts, strict=True)]
+    prompts, cuts = left_cut(prompts, window, max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
@@ -128,6 +138,129 @@ def generate(
         if on_batch is not None:
             on_batch(len(batch))
     return results  # type: ignore[return-value]
+
+
+def left_cut(
+    prompts: list[list[int]], window: int | None, max_new_tokens: int
+) -> tuple[list[list[int]], list[int]]:
+    """Each prompt's last `window - max_new_tokens` tokens (at least one), and how many each lost.
+
+    Example:
+        >>> left_cut([[1, 2, 3, 4], [5]], window=5, max_new_tokens=2)
+        ([[2, 3, 4], [5]], [1, 0])
+    """
+    keep = None if window is None else max(1, window - max_new_tokens)
+    cuts = [0 if keep is None else max(0, len(p) - keep) for p in prompts]
+    return [p[cut:] for p, cut in zip(prompts, cuts, strict=True)], cuts
+
+
+@dataclass(frozen=True)
+class GenerationBackend:
+    """Which engine answers (`eval.generation_backend`) and, for vLLM, the saved model it loads.
+
+    Attributes:
+        name: `hf` (the in-memory model) or `vllm` (the model saved at `model_path`).
+        model_path: the trained model on disk (`<run dir>/model`, written when `train.save_model=true`).
+    """
+
+    name: str = "hf"
+    model_path: str | None = None
+
+
+def generate_turns(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    batch_size: int,
+    max_new_tokens: int,
+    on_batch: Callable[[int], None] | None = None,
+    window: int | None = None,
+    backend: GenerationBackend | None = None,
+) -> list[Generation]:
+    """The one dispatch point of generation: `generate` (hf, the default) or `generate_vllm`.
+
+    Arguments as for `generate`; `backend` None means hf. `model` gives the end-of-turn ids either way.
+
+    Raises:
+        ConfigError: `vllm` without a saved model (`train.save_model`), or vllm not installed.
+    """
+    if backend is None or backend.name == "hf":
+        return generate(model, tokenizer, prompts, batch_size, max_new_tokens, on_batch, window)
+    if backend.name != "vllm":
+        raise ConfigError(
+            f"eval.generation_backend must be one of {GENERATION_BACKENDS}, got {backend.name!r}"
+        )
+    if backend.model_path is None:
+        raise ConfigError(
+            "eval.generation_backend=vllm serves the trained model from disk, but none was saved: set "
+            "train.save_model=true (or eval.generation_backend=hf)"
+        )
+    outputs = generate_vllm(
+        backend.model_path, tokenizer, prompts, max_new_tokens, window, stops=stop_token_ids(model, tokenizer)
+    )
+    if on_batch is not None:
+        on_batch(len(prompts))
+    return outputs
+
+
+def require_vllm() -> None:
+    """Raise a ConfigError naming `eval.generation_backend` when vllm is missing (found, not imported)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "eval.generation_backend=vllm, but vllm is not installed: `pip install vllm` (Linux, CUDA GPU), "
+            "or use eval.generation_backend=hf (batched KV-cache generation, works everywhere)"
+        )
+
+
+def generate_vllm(
+    model_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    window: int | None,
+    stops: list[int] | None = None,
+) -> list[Generation]:
+    """`generate` served by vLLM: greedy, the same left cut to the window, the same `Generation`s.
+
+    The engine is built once per (model, window) and kept for the later turns of the run; it takes half of
+    the GPU's memory, leaving the rest to the trained model still loaded in this process.
+
+    Args:
+        model_path: a saved Hugging Face model folder (the run's `model/`).
+        tokenizer: decodes the answers (special tokens kept, as `generate` does).
+        prompts, max_new_tokens, window: as for `generate`.
+        stops: end-of-turn ids; None takes the tokenizer's eos.
+
+    Raises:
+        ConfigError: vllm is not installed.
+    """
+    require_vllm()
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    stops = stops or [tokenizer.eos_token_id]
+    prompts, cuts = left_cut(prompts, window, max_new_tokens)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stops, skip_special_tokens=False
+    )
+    requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+    outputs = _vllm_engine(model_path, window).generate(requests, params, use_tqdm=False)
+    results = []
+    for output, cut in zip(outputs, cuts, strict=True):
+        completion = output.outputs[0]
+        result = _cut(list(completion.token_ids), stops, tokenizer)
+        if not result.stopped and completion.finish_reason == "stop":  # vLLM may leave the stop id out
+            result = Generation(result.text, stopped=True, num_tokens=result.num_tokens + 1)
+        result.prompt_cut = cut
+        results.append(result)
+    return results
+
+
+@lru_cache(maxsize=1)
+def _vllm_engine(model_path: str, window: int | None) -> Any:
+    from vllm import LLM
+
+    return LLM(model=model_path, max_model_len=window, gpu_memory_utilization=0.5, seed=0)
 
 
 def _cut(new_ids: list[int], stops: list[int], tokenizer: PreTrainedTokenizerBase) -> Generation:

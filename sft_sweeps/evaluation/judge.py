@@ -270,7 +270,7 @@ def answer_questions(context: EvalContext, questions: list[Question], max_new_to
     Returns:
         `answers[q][t]`: the `Generation` of question q's turn t+1.
     """
-    from sft_sweeps.evaluation.generation import generate, prompt_ids
+    from sft_sweeps.evaluation.generation import generate_turns, prompt_ids
 
     answers: list[list[Any]] = [[] for _ in questions]
     depth = 0
@@ -279,7 +279,7 @@ def answer_questions(context: EvalContext, questions: list[Question], max_new_to
         if not active:
             return answers
         histories = [_history(questions[qi], answers[qi], depth) for qi in active]
-        outputs = generate(
+        outputs = generate_turns(
             context.model,
             context.tokenizer,
             prompt_ids(context.tokenizer, histories),
@@ -287,6 +287,7 @@ def answer_questions(context: EvalContext, questions: list[Question], max_new_to
             max_new_tokens,
             None,
             context.window,
+            context.generation_backend,
         )
         for qi, output in zip(active, outputs, strict=True):
             answers[qi].append(output)

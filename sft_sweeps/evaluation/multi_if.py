@@ -232,13 +232,16 @@ def generate_own_history(
     max_new_tokens: int,
     window: int | None,
     on_batch: Callable[[int], None] | None = None,
+    backend: Any = None,
 ) -> dict[tuple[int, int], Any]:
     """Answer every turn with the model's own earlier answers as history, all items batched per turn.
+
+    `backend` (a `generation.GenerationBackend`, None: hf) picks the generation engine.
 
     Returns:
         (item index, turn index) -> `Generation`.
     """
-    from sft_sweeps.evaluation.generation import generate, prompt_ids
+    from sft_sweeps.evaluation.generation import generate_turns, prompt_ids
 
     answers: dict[tuple[int, int], Any] = {}
     for depth in range(max((len(item.turns) for item in items), default=0)):
@@ -251,8 +254,9 @@ def generate_own_history(
                 history.append({"role": "assistant", "content": answers[(i, t)].text})
             history.append({"role": "user", "content": items[i].turns[depth].prompt})
             histories.append(history)
-        outputs = generate(
-            model, tokenizer, prompt_ids(tokenizer, histories), batch_size, max_new_tokens, on_batch, window
+        prompts = prompt_ids(tokenizer, histories)
+        outputs = generate_turns(
+            model, tokenizer, prompts, batch_size, max_new_tokens, on_batch, window, backend
         )
         answers.update({(i, depth): out for i, out in zip(active, outputs, strict=True)})
     return answers
@@ -355,6 +359,7 @@ class MultiIFBenchmark:
                 cfg.max_new_tokens,
                 context.window,
                 lambda n: bars.advance(bar, n),
+                context.generation_backend,
             )
         records = score_items(items, answers)
         metrics, by_depth = aggregate(records)

@@ -33,7 +33,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sft_sweeps.config import EvalConfig
 from sft_sweeps.data.validate import check_messages
-from sft_sweeps.evaluation.generation import Generation, generate, prompt_ids, stop_token_ids
+from sft_sweeps.evaluation.generation import (
+    Generation,
+    GenerationBackend,
+    generate_turns,
+    prompt_ids,
+    stop_token_ids,
+)
 from sft_sweeps.evaluation.nll import assistant_spans, windowed_turn_nlls
 from sft_sweeps.tasks import TASKS
 
@@ -128,19 +134,20 @@ def evaluate_synthetic(
     cfg: EvalConfig,
     progress: bool = True,
     window: int | None = None,
+    backend: GenerationBackend | None = None,
 ) -> EvalResult:
     """Exact match on the conversations of known synthetic tasks, with gold and with own history.
 
     Records of other tasks (real chats) are skipped: exact match means nothing on open-ended answers.
-    Arguments and errors as for `evaluate`. Items: `id`, `task`, `turn`, `gold`, `correct`, `stopped`,
-    `prediction`, `own_correct`, `own_prediction`, `prompt_cut`.
+    Arguments and errors as for `evaluate`; `backend` picks the generation engine (None: hf). Items: `id`,
+    `task`, `turn`, `gold`, `correct`, `stopped`, `prediction`, `own_correct`, `own_prediction`, `prompt_cut`.
     """
     convs = [c for c in _parse_all(conversations, cfg) if c.task is not None]
     gold_prompts = _turn_prompts(tokenizer, convs)
     with Progress(disable=not progress, transient=True) as bars:
         gen_bar = bars.add_task("generate (gold history)", total=sum(len(c.turns) for c in convs))
         flat = [(ci, t) for ci, c in enumerate(convs) for t in range(len(c.turns))]
-        outputs = generate(
+        outputs = generate_turns(
             model,
             tokenizer,
             [gold_prompts[ci][t] for ci, t in flat],
@@ -148,11 +155,12 @@ def evaluate_synthetic(
             cfg.max_new_tokens,
             _advance(bars, gen_bar),
             window,
+            backend,
         )
         gold_gen = dict(zip(flat, outputs, strict=True))
         own_bar = bars.add_task("generate (own history)", total=len(flat))
         own_gen = _own_history(
-            model, tokenizer, convs, gold_prompts, gold_gen, cfg, _advance(bars, own_bar), window
+            model, tokenizer, convs, gold_prompts, gold_gen, cfg, _advance(bars, own_bar), window, backend
         )
     items = []
     for ci, c in enumerate(convs):
@@ -278,6 +286,7 @@ def _own_history(
     cfg: EvalConfig,
     on_batch: Callable[[int], None],
     window: int | None,
+    backend: GenerationBackend | None = None,
 ) -> dict[tuple[int, int], Generation]:
     """Generate turn by turn with the model's own answers as history; all conversations batched per depth.
 
@@ -305,8 +314,15 @@ def _own_history(
             else:
                 todo.append((ci, prompt))
         on_batch(len(active) - len(todo))
-        outputs = generate(
-            model, tokenizer, [p for _, p in todo], cfg.batch_size, cfg.max_new_tokens, on_batch, window
+        outputs = generate_turns(
+            model,
+            tokenizer,
+            [p for _, p in todo],
+            cfg.batch_size,
+            cfg.max_new_tokens,
+            on_batch,
+            window,
+            backend,
         )
         for (ci, _), output in zip(todo, outputs, strict=True):
             own[(ci, depth)] = output

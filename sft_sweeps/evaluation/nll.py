@@ -8,6 +8,10 @@ the longest held-out conversation: a conversation that fits is scored in one for
 not is scored turn by turn, each turn in the `window` tokens that end with it. Tokens of a turn longer
 than the window that fall before it are not scored and are counted (`cut_tokens`), as are turns whose
 history was cut (`windowed`).
+
+The logits are bounded too: a forward pass takes at most `eval.batch_size` rows, and fewer when rows x width
+x vocabulary would pass `MAX_LOGITS` (a 150k-token vocabulary at width 2048 is 311M logits per row: a batch
+of 32 would need 20 GB in bf16), down to one row; only the rows' span logits are cast to float32.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import torch
 from transformers import PreTrainedModel
 
 from sft_sweeps.evaluation.generation import pad_rows
+
+# Logits one NLL forward pass may hold (2**27 = 512 MiB in float32), unless a single row needs more.
+MAX_LOGITS = 2**27
 
 
 @dataclass
@@ -125,16 +132,17 @@ def turn_nlls(
     pad_id: int,
     batch_size: int,
     on_batch: Callable[[int], None] | None = None,
+    max_logits: int = MAX_LOGITS,
 ) -> list[list[tuple[float, int]]]:
     """Summed NLL (nats) and token count of every span, per conversation.
 
     Rows are right-padded; only the logits that predict a span's tokens are computed (`logits_to_keep`),
-    which keeps memory small for large vocabularies.
+    and a batch holds at most `max_logits` of them (`logit_batches`), so memory stays bounded for large
+    vocabularies.
     """
     results: list[list[tuple[float, int]]] = [[] for _ in conversations]
-    order = sorted(range(len(conversations)), key=lambda i: len(conversations[i]))
-    for begin in range(0, len(order), batch_size):
-        batch = order[begin : begin + batch_size]
+    vocab = _vocab_size(model)
+    for batch in logit_batches(conversations, spans, batch_size, vocab, max_logits):
         input_ids, attention_mask = pad_rows([conversations[i] for i in batch], pad_id, side="right")
         # Position p's logits predict token p + 1.
         positions = sorted({p - 1 for i in batch for span in spans[i] for p in range(span.start, span.end)})
@@ -143,7 +151,7 @@ def turn_nlls(
             input_ids=input_ids.to(model.device),
             attention_mask=attention_mask.to(model.device),
             logits_to_keep=keep,
-        ).logits.float()
+        ).logits
         column = {p: c for c, p in enumerate(positions)}
         for row, i in enumerate(batch):
             for span in spans[i]:
@@ -151,8 +159,44 @@ def turn_nlls(
                     [column[p - 1] for p in range(span.start, span.end)], device=logits.device
                 )
                 targets = input_ids[row, span.start : span.end].to(logits.device)
-                nll = torch.nn.functional.cross_entropy(logits[row, cols], targets, reduction="sum")
+                nll = torch.nn.functional.cross_entropy(logits[row, cols].float(), targets, reduction="sum")
                 results[i].append((float(nll), span.end - span.start))
         if on_batch is not None:
             on_batch(len(batch))
     return results
+
+
+def _vocab_size(model: PreTrainedModel) -> int:
+    """Rows of the output layer (the logits per position); 0 when the model does not say (no logit cap)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and hasattr(head, "weight"):
+        return int(head.weight.shape[0])
+    return int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+
+
+def logit_batches(
+    conversations: list[list[int]], spans: list[list[TurnSpan]], batch_size: int, vocab: int, max_logits: int
+) -> list[list[int]]:
+    """Indices of the rows of each forward pass: sorted by length, at most `batch_size` per pass, and
+    no more than fit `max_logits` logits (rows x kept positions x `vocab`); a row alone always fits.
+
+    Example:
+        >>> rows, spans = [[1] * 4, [1] * 6, [1] * 8], [[TurnSpan(1, 4)], [TurnSpan(1, 6)], [TurnSpan(1, 8)]]
+        >>> logit_batches(rows, spans, batch_size=8, vocab=10, max_logits=120)
+        [[0, 1], [2]]
+    """
+    order = sorted(range(len(conversations)), key=lambda i: len(conversations[i]))
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    positions: set[int] = set()
+    for i in order:
+        row_positions = {p - 1 for span in spans[i] for p in range(span.start, span.end)}
+        wider = positions | row_positions
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * len(wider) * vocab > max_logits):
+            batches.append(batch)
+            batch, wider = [], row_positions
+        batch.append(i)
+        positions = wider
+    if batch:
+        batches.append(batch)
+    return batches
