@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from transformers import set_seed
 
 from sft_sweeps.cli import USER_ERRORS, full_error
-from sft_sweeps.config import Config, validate
+from sft_sweeps.config import Config, ConfigError, validate
 from sft_sweeps.data import Splits, load_splits
 from sft_sweeps.evaluation.benchmarks import EvalContext, check_benchmarks, optimized_metric, run_benchmarks
 from sft_sweeps.identity import RunRecord, masking_label
@@ -52,6 +52,11 @@ def check_before_work(settings: Config) -> None:
     """
     check_benchmarks(settings)
     optimized_metric(settings)
+    if settings.eval.generation_backend == "vllm" and not settings.train.save_model:
+        raise ConfigError(
+            "eval.generation_backend=vllm serves the trained model from disk: set train.save_model=true "
+            "(or eval.generation_backend=hf)"
+        )
 
 
 def run(cfg: DictConfig, run_dir: str | None = None) -> RunRecord | None:
@@ -75,11 +80,6 @@ def run(cfg: DictConfig, run_dir: str | None = None) -> RunRecord | None:
     """
     settings = validate(cfg)
     check_before_work(settings)
-    if settings.eval.generation_backend == "vllm" and not settings.train.save_model:
-        raise ConfigError(
-            "eval.generation_backend=vllm serves the trained model from disk: set train.save_model=true "
-            "(or eval.generation_backend=hf)"
-        )
     run_dir = run_dir or HydraConfig.get().runtime.output_dir
     if not _is_main_process():  # DDP (accelerate launch / torchrun): rank 0 records, tracks and evaluates
         _train_and_evaluate(settings, load_splits(settings.dataset), run_dir, Tracker(None))
