@@ -71,16 +71,26 @@ PLAN: dict[str, Check] = {
     "make sweep": DRY,
     "make test": SKIP("this suite is what it runs (CI runs it on every submission)"),
     "python -m sft_sweeps -m masking=full,last,all,weighted": RUN(*QUIET),
+    "python -m sft_sweeps.evaluation.multi_if_data --out multi_if_builtin.jsonl": RUN(),
     "python -m sft_sweeps.inspect masking=weighted": RUN(*SMOKE),
     "python -m sft_sweeps.inspect masking=last inspect.format=json": RUN(*SMOKE),
-    "python -m sft_sweeps -m masking=full,last,all,weighted model=smollm2_135m dataset=smoltalk train=gpu": SKIP(
+    "python -m sft_sweeps -m masking=full,last,all,weighted model=qwen2_5_0_5b dataset=ultrachat_200k train=gpu": SKIP(
         GPU_HUB
     ),
     "python -m sft_sweeps -m masking=all,weighted model=hf model.pretrained=meta-llama/Llama-3.2-1B-Instruct "
     "train=lora": SKIP(GPU_HUB),
+    "python -m sft_sweeps -m masking=full,last,all,weighted model=smollm2_135m dataset=local_jsonl "
+    "dataset.path=data/chats.jsonl train=gpu": SKIP("needs a GPU, the hub and the user's own file"),
     "accelerate launch --multi_gpu --num_processes 4 -m sft_sweeps model=qwen2_5_0_5b dataset=ultrachat_200k "
     "train=gpu hydra.run.dir=outputs/qwen_ddp": SKIP(
         "needs 4 GPUs and the hub (DDP is tested on CPU: test_ddp)"
+    ),
+    "python -m sft_sweeps -m masking=full,last,all,weighted dataset=sharegpt": RUN(*QUIET),
+    "python -m sft_sweeps.calibrate --eval experiment=paper_run model=qwen2_5_0_5b dataset=ultrachat_200k": SKIP(
+        GPU_HUB + " (calibration runs on the embedded model: test_paper_run)"
+    ),
+    "python -m sft_sweeps -m experiment=paper_run model=qwen2_5_0_5b dataset=ultrachat_200k": SKIP(
+        GPU_HUB + " (every job config composes and validates: test_config, test_paper_run)"
     ),
     "python -m sft_sweeps -m experiment=masking_seeds": RUN(*QUIET),
     "python -m sft_sweeps -m experiment=prompt_weight": RUN(*QUIET),
