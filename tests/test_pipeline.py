@@ -91,7 +91,7 @@ def test_result_json_holds_what_a_paper_table_needs(cli_sweep) -> None:
     ):
         assert isinstance(record["metrics"][name], float)
     assert 0.0 <= record["metrics"]["synthetic/turn_exact_match"] <= 1.0
-    # The main metric on the validation split too (for selection; the report never compares it as a test result).
+    # The main metric on the validation split too (selection only; never compared as a test result).
     assert 0.0 <= record["metrics"]["validation/synthetic/turn_exact_match"] <= 1.0
     assert record["metrics"]["validation/synthetic/num_conversations"] == 4.0  # eval.max_conversations
     assert record["metrics"]["train_steps"] == 4.0
