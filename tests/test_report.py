@@ -315,6 +315,9 @@ def test_report_outputs_are_complete_and_byte_identical(sweeps: Path, tmp_path: 
         "| synthetic/stop_rate ↑ | nll/assistant_nll ↓ |" in table
     )
     assert table.rstrip().endswith("never averaged). Regenerate: `python -m sft_sweeps.report X`")
+    # The seed spread of each strategy: per seed in report.md, sd and range in table.md.
+    assert "### Seed spread" in report and "| synthetic/turn_exact_match | all | 3 |" in report
+    assert "- seed spread of synthetic/turn_exact_match (sd [min, max] over seeds): `full` " in table
     tex = (tmp_path / "a" / "tables.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"weighted(pw=0.1)" in tex
     assert r"synthetic/turn\_exact\_match" in tex

@@ -193,6 +193,7 @@ class SettingReport:
     eval_metrics: list[str]
     train_metrics: list[str]
     summary: dict[str, dict[str, MeanCI]]  # metric -> strategy -> mean/CI over seeds
+    by_seed: dict[str, dict[str, dict[int, float]]]  # metric -> strategy -> seed -> value (the seed spread)
     comparisons: dict[str, list[Comparison]]
     picks: list[Pick]
     by_depth: dict[str, dict[str, dict[int, MeanCI]]]  # metric -> strategy -> depth -> mean/CI
@@ -372,12 +373,14 @@ def _analyze_setting(
     train_metrics = [m for m in ordered if not is_eval_metric(m) and not is_validation(m)]
 
     summary: dict[str, dict[str, MeanCI]] = {}
+    by_seed: dict[str, dict[str, dict[int, float]]] = {}
     for metric in ordered:
-        summary[metric] = {}
+        summary[metric], by_seed[metric] = {}, {}
         for s in strategies:
-            values = [v for r in done[s].values() if (v := r.metric(metric)) is not None]
+            values = {seed: v for seed, r in sorted(done[s].items()) if (v := r.metric(metric)) is not None}
             if values:
-                summary[metric][s] = mean_ci(values)
+                summary[metric][s] = mean_ci(list(values.values()))
+                by_seed[metric][s] = values
 
     comparisons: dict[str, list[Comparison]] = {}
     picks = []
@@ -472,6 +475,7 @@ def _analyze_setting(
         eval_metrics=eval_metrics,
         train_metrics=train_metrics,
         summary=summary,
+        by_seed=by_seed,
         comparisons=comparisons,
         picks=picks,
         by_depth=by_depth,

@@ -7,6 +7,8 @@ import io
 import re
 from typing import Any
 
+import numpy as np
+
 from sft_sweeps.metrics import headline_keys, lower_is_better
 from sft_sweeps.report.analysis import Pick, SettingReport, SweepReport
 from sft_sweeps.report.stats import ALPHA, CONFIDENCE, PERMUTATIONS, MeanCI
@@ -186,6 +188,22 @@ def _picks_md(setting: SettingReport) -> str:
     )
 
 
+def _spread_md(setting: SettingReport) -> str:
+    """Per strategy, the headline metrics seed by seed with their standard deviation and range: how much
+    one seed can move a strategy (what the confidence intervals summarize)."""
+    rows = []
+    for metric in headline_keys(setting.eval_metrics) or setting.eval_metrics[:1]:
+        for s in setting.strategies:
+            values = setting.by_seed.get(metric, {}).get(s)
+            if not values:
+                continue
+            x = np.asarray(list(values.values()))
+            sd = fmt(float(x.std(ddof=1))) if x.size > 1 else "—"
+            seeds = ", ".join(f"{seed}: {fmt(v)}" for seed, v in values.items())
+            rows.append([metric, s, str(x.size), sd, fmt(float(x.max() - x.min())), seeds])
+    return md_table(["metric", "strategy", "n", "sd", "range", "by seed"], rows, "llrrrl")
+
+
 def _comparisons_md(setting: SettingReport) -> str:
     rows = []
     for metric in setting.eval_metrics:
@@ -291,6 +309,8 @@ def report_md(report: SweepReport, command: str, plots: dict[str, list[str]]) ->
         parts.append(results_table_md(setting, setting.eval_metrics))
         if any(len(v) == 1 for v in setting.seeds.values()):
             parts.append("\nn=1: one seed, no confidence interval.\n")
+        parts.append("\n### Seed spread\n")
+        parts.append(_spread_md(setting))
         parts.append("\n### Best strategy per metric\n")
         parts.append(_picks_md(setting))
         parts.append("\n### Paired tests against the best\n")
@@ -323,12 +343,25 @@ def readme_table_md(report: SweepReport, command: str) -> str:
         )
         parts.append(results_table_md(setting, metrics))
         parts.append("".join(pick_line(p) for p in setting.picks if p.metric in metrics))
+        if metrics:
+            parts.append(spread_line(setting, metrics[0]))
     h = report.hygiene
     parts.append(
         f"{h.done}/{h.expected} runs done; {len(h.not_done)} not done and {len(h.missing)} missing "
         "(listed in report.md, never averaged). Regenerate: `{command}`\n".replace("{command}", command)
     )
     return "\n".join(p.rstrip("\n") + "\n" for p in parts)
+
+
+def spread_line(setting: SettingReport, metric: str) -> str:
+    """`Seed spread of M (sd [min, max]): full 0.010 [0.13, 0.15], ...` for the README table."""
+    cells = []
+    for s in setting.strategies:
+        values = list(setting.by_seed.get(metric, {}).get(s, {}).values())
+        if len(values) > 1:
+            sd = float(np.std(values, ddof=1))
+            cells.append(f"`{s}` {fmt(sd)} [{fmt(min(values))}, {fmt(max(values))}]")
+    return f"- seed spread of {metric} (sd [min, max] over seeds): {', '.join(cells)}\n" if cells else ""
 
 
 def pick_line(p: Pick) -> str:
