@@ -1,5 +1,6 @@
 # make install: .venv with the pinned, tested versions (requirements.lock) and this package (editable).
-# make sweep:   the default sweep, masking=full,last,all,weighted on the embedded default (CPU, ~10 min).
+# make sweep:   the default sweep, masking=full,last,all,weighted on the embedded default (2 CPU cores: ~3 min,
+#               jobs in parallel; benchmarks/bench_default_sweep.py).
 # make test:    the default test suite (what CI runs); test-slow adds the slow tests.
 PYTHON ?= python3
 VENV ?= .venv

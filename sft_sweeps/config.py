@@ -465,6 +465,9 @@ class Config:
     inspect: InspectConfig = field(default_factory=InspectConfig)
     # Training seed (init, data order, dropout). Seed 0 is a seed.
     seed: int = 0
+    # torch threads per job; null: torch's default, which under the joblib launcher is the usable cores
+    # divided by the jobs running at once (joblib sets OMP_NUM_THREADS in its workers).
+    num_threads: int | None = None
     # The metric returned to Hydra (what a sweeper such as Optuna optimises); a key of result.json's
     # `metrics` (sft_sweeps.metrics). null: the headline metric of the first of eval.benchmarks.
     optimized_metric: str | None = None
@@ -474,6 +477,14 @@ class Config:
     resume: bool = True
     # Where the data-prep cache lives (tokenized datasets are shared by every strategy of a sweep).
     cache_dir: str = "${oc.env:SFT_SWEEPS_CACHE,.cache/sft_sweeps}"
+
+    def __post_init__(self) -> None:
+        _check(
+            self.num_threads is None or self.num_threads > 0,
+            "num_threads",
+            "must be positive",
+            self.num_threads,
+        )
 
 
 def register_configs() -> None:

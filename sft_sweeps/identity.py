@@ -32,7 +32,8 @@ from sft_sweeps.config import MaskingConfig
 from sft_sweeps.metrics import canonical_key
 
 # Keys that change how a run is observed, not what it computes: left out of the config hash.
-UNHASHED_KEYS = ("logger", "resume", "cache_dir", "inspect", "optimized_metric")
+# Threads change the order of float sums only, not what is computed: a sweep resumes on another machine.
+UNHASHED_KEYS = ("logger", "resume", "cache_dir", "inspect", "optimized_metric", "num_threads")
 # Left out of a setting too: the seed varies within a setting, the sweep name only names it.
 UNGROUPED_KEYS = ("seed", "sweep_name", *UNHASHED_KEYS)
 # The report compares strategies within a setting, so masking does not define one either.

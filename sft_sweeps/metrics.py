@@ -200,6 +200,16 @@ for _metric in _DECLARED:
     register(_metric)
 
 
+# Metrics scored on the validation split for model selection (`validation/synthetic/turn_exact_match`):
+# the report selects on them and never compares them as if they were test metrics.
+VALIDATION_PREFIX = "validation/"
+
+
+def is_validation(key: str) -> bool:
+    """True for a metric scored on the validation split (selection only, never a test result)."""
+    return key.startswith(VALIDATION_PREFIX)
+
+
 def lookup(key: str) -> Metric | None:
     """The metric of a result key (`synthetic/turn_exact_match`, `turn_exact_match`, `a/b/name`), or None."""
     return METRICS.get(key.rsplit("/", 1)[-1])
@@ -215,7 +225,10 @@ def lower_is_better(key: str) -> bool:
 
 
 def is_compared(key: str) -> bool:
-    """True for metrics the report compares across strategies; False for counts, times, training loss."""
+    """True for metrics the report compares across strategies; False for counts, times, training loss and
+    validation metrics (those select a setting; the comparison is on test)."""
+    if is_validation(key):
+        return False
     metric = lookup(key)
     if metric is not None:
         return metric.compared
@@ -257,6 +270,8 @@ def canonical_key(key: str) -> str:
     """The key a metric has today: records written before benchmark prefixes said `turn_exact_match` and
     `state_tracking/turn_exact_match`; they become `synthetic/turn_exact_match` and
     `synthetic/state_tracking/turn_exact_match`. Other keys are returned unchanged."""
+    if is_validation(key):
+        return VALIDATION_PREFIX + canonical_key(key.removeprefix(VALIDATION_PREFIX))
     metric = lookup(key)
     if metric is None or metric.benchmark == "run":
         return key

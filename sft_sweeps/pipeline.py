@@ -7,6 +7,7 @@ already says `done` for the same config hash and data is skipped, so rerunning a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -24,9 +25,16 @@ from transformers import set_seed
 from sft_sweeps.cli import USER_ERRORS, full_error
 from sft_sweeps.config import Config, ConfigError, validate
 from sft_sweeps.data import Splits, load_splits
-from sft_sweeps.evaluation.benchmarks import EvalContext, check_benchmarks, optimized_metric, run_benchmarks
+from sft_sweeps.evaluation.benchmarks import (
+    EvalContext,
+    check_benchmarks,
+    get_benchmark,
+    optimized_metric,
+    run_benchmarks,
+)
 from sft_sweeps.identity import RunRecord, masking_label
 from sft_sweeps.masking import build_dataset
+from sft_sweeps.metrics import VALIDATION_PREFIX
 from sft_sweeps.modeling import build_model, count_parameters
 from sft_sweeps.record import (
     RunLock,
@@ -174,6 +182,7 @@ def _record_failure(record: RunRecord, error: Exception, run_dir: str) -> None:
 
 def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker: Tracker) -> dict[str, Any]:
     label = f"{masking_label(settings.masking.__dict__)} seed={settings.seed}"
+    _set_threads(settings.num_threads)
     set_seed(settings.seed)
     tokenizer = load_tokenizer(settings.model.tokenizer, settings.model.trust_remote_code)
     log.info(
@@ -223,6 +232,7 @@ def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker:
     evaluated = run_benchmarks(context)
     metrics = {
         **evaluated["metrics"],
+        **validation_metrics(context),
         "train_loss": float(train_output.training_loss),
         "train_runtime_s": float(train_output.metrics["train_runtime"]),
         "train_steps": float(train_output.global_step),
@@ -251,6 +261,34 @@ def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker:
         },
         "model_path": model_path,
     }
+
+
+def validation_metrics(context: EvalContext) -> dict[str, float]:
+    """The benchmark of `optimized_metric` scored on the validation split, keys `validation/<benchmark>/...`.
+
+    Only that benchmark runs (selection needs the main metric, cheaply): the report picks hyperparameters
+    on these (`--select-key`) and compares the picks on test, so no choice is ever made on test.
+    Empty when the metric comes from no benchmark (`run/...`), from a benchmark with data of its own
+    (multi_if, judge: its items are its test set, so scoring them again would select on test), or there
+    is no validation split.
+    """
+    settings = context.settings
+    benchmark = optimized_metric(settings).split("/", 1)[0]
+    if benchmark not in settings.eval.benchmarks or not context.splits.validation:
+        return {}
+    if not getattr(get_benchmark(benchmark), "scores_dataset_splits", False):
+        return {}
+    result = get_benchmark(benchmark).run(dataclasses.replace(context, split="validation", progress=False))
+    return {f"{VALIDATION_PREFIX}{benchmark}/{k}": v for k, v in result.metrics.items()}
+
+
+def _set_threads(num_threads: int | None) -> None:
+    """Intra-op threads of this job. A tiny model gains little from a second thread, so parallel jobs of
+    one thread each (the joblib launcher sizes them to the cores) finish a sweep sooner than one job at a
+    time on every core; None keeps torch's default (the launcher's limit, or all cores)."""
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    log.info("torch threads: %d", torch.get_num_threads())
 
 
 def model_window(model: Any, settings: Config) -> int:

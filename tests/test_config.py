@@ -126,3 +126,30 @@ def test_every_experiment_composes_into_its_jobs(experiment: str) -> None:
         assert settings.sweep_name == job.sweep_name != "default"
         names.add(job_dirname(",".join(o for o in overrides if not o.startswith("seed=")), settings.seed))
     assert len(names) == len(jobs)  # every job gets its own folder
+
+
+@pytest.mark.parametrize(
+    "overrides,launcher",
+    [
+        ([], "JoblibLauncher"),  # the default: jobs in parallel, sized to the cores
+        (["launcher=sequential"], "BasicLauncher"),
+        (["experiment=parallel_local"], "LocalLauncher"),  # a template's own launcher wins
+        (["experiment=slurm"], "SlurmLauncher"),
+        (["experiment=lr_tuning"], "JoblibLauncher"),
+    ],
+)
+def test_launcher_default_and_templates(overrides: list[str], launcher: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sft_sweeps.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.launcher._target_.endswith(f".{launcher}")
+    assert (
+        "launcher" not in cfg
+    )  # the group only picks Hydra's launcher: no key, no change to the config hash

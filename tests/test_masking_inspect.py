@@ -11,6 +11,7 @@ from sft_sweeps import inspect
 from sft_sweeps.config import strategy_names
 from sft_sweeps.masking import loss_weights
 from sft_sweeps.tokenizer import build_embedded_tokenizer
+from tests.conftest import compose_config
 
 SMALL = ["dataset.num_train=6", "dataset.num_validation=2", "dataset.num_test=2", "inspect.num_samples=2"]
 
@@ -20,7 +21,9 @@ def data():
     from sft_sweeps.config import DatasetConfig
     from sft_sweeps.data import load_splits
 
-    return load_splits(DatasetConfig(num_train=6, num_validation=2, num_test=2)).train
+    # The tasks of the default dataset (conf/dataset/synthetic.yaml), which `inspect` composes.
+    tasks = list(compose_config().dataset.tasks)
+    return load_splits(DatasetConfig(tasks=tasks, num_train=6, num_validation=2, num_test=2)).train
 
 
 def test_json_gives_per_token_fields_that_match_loss_weights(capsys, data):

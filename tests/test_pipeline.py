@@ -62,6 +62,8 @@ def test_cli_sweep_runs_every_strategy_and_prints_a_comparison(cli_sweep) -> Non
     assert not any(c in name for name in records for c in ",=")
     assert {r["status"] for r in records.values()} == {"done"}
     assert sorted(r["strategy"] for r in records.values()) == ["all", "full", "last", "weighted(pw=0.1)"]
+    # The default launcher runs jobs in parallel (joblib), one torch thread each on 2 cores.
+    assert "Joblib.Parallel" in out.stdout + out.stderr
     # Progress while training, and the comparison table at the end of the sweep.
     assert "step 4/4" in out.stdout + out.stderr
     table_text = out.stdout
@@ -89,6 +91,9 @@ def test_result_json_holds_what_a_paper_table_needs(cli_sweep) -> None:
     ):
         assert isinstance(record["metrics"][name], float)
     assert 0.0 <= record["metrics"]["synthetic/turn_exact_match"] <= 1.0
+    # The main metric on the validation split too (selection only; never compared as a test result).
+    assert 0.0 <= record["metrics"]["validation/synthetic/turn_exact_match"] <= 1.0
+    assert record["metrics"]["validation/synthetic/num_conversations"] == 4.0  # eval.max_conversations
     assert record["metrics"]["train_steps"] == 4.0
     assert record["versions"]["torch"].startswith("2.13.0")
     assert record["versions"]["trl"] and record["versions"]["transformers"]

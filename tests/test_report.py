@@ -26,7 +26,15 @@ from sft_sweeps.report import (
     write_report,
 )
 from sft_sweeps.report.__main__ import main as report_main
-from sft_sweeps.report.stats import holm, mean_ci, paired_permutation, paired_t
+from sft_sweeps.report.analysis import Selection
+from sft_sweeps.report.stats import (
+    holm,
+    mean_ci,
+    paired_permutation,
+    paired_t,
+    paired_t_power,
+    seeds_for_power,
+)
 from tests.conftest import compose_config
 
 TEM = "synthetic/turn_exact_match"
@@ -307,6 +315,9 @@ def test_report_outputs_are_complete_and_byte_identical(sweeps: Path, tmp_path: 
         "| synthetic/stop_rate ↑ | nll/assistant_nll ↓ |" in table
     )
     assert table.rstrip().endswith("never averaged). Regenerate: `python -m sft_sweeps.report X`")
+    # The seed spread of each strategy: per seed in report.md, sd and range in table.md.
+    assert "### Seed spread" in report and "| synthetic/turn_exact_match | all | 3 |" in report
+    assert "- seed spread of synthetic/turn_exact_match (sd [min, max] over seeds): `full` " in table
     tex = (tmp_path / "a" / "tables.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"weighted(pw=0.1)" in tex
     assert r"synthetic/turn\_exact\_match" in tex
@@ -405,3 +416,116 @@ def test_judge_grades_are_paired_over_items_graded_in_both_runs(base_config: dic
     (setting,) = analyze(records).settings
     (comparison,) = setting.comparisons["judge/mean_grade"]
     assert comparison.items is not None and comparison.items.n == 4  # q0, q3, q4, q5: graded in both
+
+
+def test_seeds_for_power_known_values() -> None:
+    """Paired t-test, two-sided alpha 0.05, 80% power: G*Power needs 34, 15, 10 pairs at d_z 0.5, 0.8, 1."""
+    assert paired_t_power(1.0, 10) == pytest.approx(0.8031, abs=1e-3)
+    assert paired_t_power(0.5, 34) == pytest.approx(0.8078, abs=1e-3)
+    for effect, pairs in ((0.5, 34), (0.8, 15), (1.0, 10)):
+        # differences with mean `effect` and standard deviation 1
+        d = np.array([-1.0, 0.0, 1.0]) + effect
+        needed = seeds_for_power(d.tolist(), [0.0, 0.0, 0.0])
+        assert needed.n == pairs and needed.effect_size == pytest.approx(effect)
+        assert needed.text() == f"{pairs} seeds"
+    assert seeds_for_power([1.0, 2.0], [1.0, 2.0]).note == "differences have no variance"
+    assert seeds_for_power([1.0], [0.0]).n is None
+    assert seeds_for_power([0.1, -0.1, 0.0], [0.0, 0.0, 0.0]).text() == ">1000 seeds"  # no difference at all
+
+
+def _with_tem(base: dict, strategy: str, seed: int, value: float, **kw) -> dict:
+    record = make_record(base, strategy, seed, **kw)
+    record["metrics"]["turn_exact_match"] = value
+    return record
+
+
+def test_a_pick_that_is_not_significant_says_how_many_seeds_it_needs(
+    base_config: dict, tmp_path: Path
+) -> None:
+    best, runner = [0.60, 0.70, 0.50], [0.58, 0.62, 0.55]
+    records = [_with_tem(base_config, "all", s, v, sweep="close") for s, v in enumerate(best)]
+    records += [_with_tem(base_config, "weighted", s, v, sweep="close") for s, v in enumerate(runner)]
+    records += [_with_tem(base_config, "full", s, 0.1, sweep="close") for s in range(3)]
+    write_sweep(tmp_path / "runs", records)
+    report = write_report(load_records(str(tmp_path / "runs")), tmp_path / "out", command="X")
+    pick = next(p for p in report.settings[0].picks if p.metric == TEM)
+    assert pick.best == "all" and pick.runner_up == "weighted(pw=0.1)" and not pick.significant
+    expected = seeds_for_power(best, runner)
+    assert pick.seeds_needed == expected and 100 < expected.n < 200  # d_z = 0.26
+    line = f"needs ~{expected.n} seeds for 80% power"
+    assert line in (tmp_path / "out" / "table.md").read_text()
+    report_md = (tmp_path / "out" / "report.md").read_text()
+    assert line in report_md or f"| {expected.n} seeds |" in report_md
+    assert "seeds for 80% power" in report_md
+    # A four-way tie or a significant pick names no seed count.
+    stop = next(p for p in report.settings[0].picks if p.metric == "synthetic/stop_rate")
+    assert stop.seeds_needed is None
+
+
+LR_TEST = {  # strategy -> learning rate -> (validation, test) score; validation and test disagree for `all`
+    "full": {1e-3: (0.20, 0.21), 3e-3: (0.30, 0.31)},
+    "all": {1e-3: (0.70, 0.50), 3e-3: (0.60, 0.80)},
+}
+
+
+def _lr_records(base: dict, with_validation: bool = True) -> list[dict]:
+    records = []
+    for strategy, by_lr in LR_TEST.items():
+        for lr, (validation, test) in by_lr.items():
+            for seed in (0, 1, 2):
+                record = make_record(base, strategy, seed, sweep="lr")
+                record["config"]["train"]["learning_rate"] = lr
+                record["metrics"]["turn_exact_match"] = test + SEED_NOISE[seed]
+                if with_validation:
+                    record["metrics"]["validation/synthetic/turn_exact_match"] = validation + SEED_NOISE[seed]
+                records.append(record)
+    return records
+
+
+def _write_runs(root: Path, records: list[dict]) -> Path:
+    for i, record in enumerate(records):
+        (root / f"run{i}").mkdir(parents=True)
+        (root / f"run{i}" / "result.json").write_text(json.dumps(record))
+    return root
+
+
+def test_selection_picks_on_validation_and_compares_on_test(base_config: dict, tmp_path: Path) -> None:
+    records = load_records(str(_write_runs(tmp_path / "runs", _lr_records(base_config))))
+    plain = analyze(records)  # without selection, every learning rate is its own setting
+    assert [s.name for s in plain.settings] == [
+        "lr | train.learning_rate=0.001",
+        "lr | train.learning_rate=0.003",
+    ]
+    assert all("validation/synthetic/turn_exact_match" not in s.eval_metrics for s in plain.settings)
+    assert all("validation/synthetic/turn_exact_match" not in s.train_metrics for s in plain.settings)
+
+    (setting,) = analyze(records, Selection(("train.learning_rate",))).settings
+    assert setting.name == "lr" and setting.selection_metric == "validation/synthetic/turn_exact_match"
+    # `all` keeps 1e-3 (best on validation) although 3e-3 is better on test: never selected on test.
+    assert setting.chosen("all") == ("train.learning_rate=0.001",)
+    assert setting.chosen("full") == ("train.learning_rate=0.003",)
+    assert setting.summary[TEM]["all"].mean == pytest.approx(0.50 + np.mean(list(SEED_NOISE.values())))
+    assert setting.summary[TEM]["full"].mean == pytest.approx(0.31 + np.mean(list(SEED_NOISE.values())))
+    scores = {c.values: c.score.mean for c in setting.candidates["all"]}
+    assert scores == pytest.approx(
+        {("train.learning_rate=0.001",): 0.70 + 1 / 300, ("train.learning_rate=0.003",): 0.60 + 1 / 300}
+    )
+    assert TEM in setting.eval_metrics and not any(m.startswith("validation/") for m in setting.eval_metrics)
+
+    out = tmp_path / "out"
+    assert (
+        report_main([str(tmp_path / "runs"), "--select-key", "train.learning_rate", "--out", str(out)]) == 0
+    )
+    table = (out / "table.md").read_text()
+    assert "selected on validation" in table and "compared on test" in table
+    assert "| strategy | train.learning_rate (chosen) | n |" in table
+    assert "| all | 0.001 | 3 |" in table and "| full | 0.003 | 3 |" in table
+    report_md = (out / "report.md").read_text()
+    assert "### Selection on validation (never on test)" in report_md
+    assert "compared on test" in (out / "tables.tex").read_text()
+
+
+def test_selection_without_validation_metrics_is_an_error(base_config: dict, tmp_path: Path, capsys) -> None:
+    runs = _write_runs(tmp_path / "runs", _lr_records(base_config, with_validation=False))
+    assert report_main([str(runs), "--select-key", "train.learning_rate", "--out", str(tmp_path / "o")]) == 1
+    assert "records validation/synthetic/turn_exact_match" in capsys.readouterr().err

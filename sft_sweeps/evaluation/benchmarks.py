@@ -98,6 +98,7 @@ class SyntheticBenchmark:
     """The project's own multi-turn tasks: exact match with gold and own history, stop rate."""
 
     name = "synthetic"
+    scores_dataset_splits = True  # reads the held-out splits of the run's data (validation too)
 
     def check(self, settings: Config) -> None:
         if settings.dataset.source != "synthetic":
@@ -117,6 +118,7 @@ class HeldOutNLL:
     """Teacher-forced NLL of held-out assistant turns. `all` minimises it by construction: not a judge."""
 
     name = "nll"
+    scores_dataset_splits = True
 
     def check(self, settings: Config) -> None:
         pass

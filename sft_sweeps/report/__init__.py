@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sft_sweeps.report.analysis import SweepReport, analyze, is_eval_metric
+from sft_sweeps.report.analysis import Selection, SweepReport, analyze, is_eval_metric
 from sft_sweeps.report.console import print_sweep_table
 from sft_sweeps.report.records import RecordError, fetch_wandb_records, load_records, record_from_wandb_run
 
@@ -36,7 +36,10 @@ def _slug(name: str) -> str:
 
 
 def write_report(
-    records: list[dict[str, Any]], out_dir: str | Path, command: str = "python -m sft_sweeps.report"
+    records: list[dict[str, Any]],
+    out_dir: str | Path,
+    command: str = "python -m sft_sweeps.report",
+    selection: Selection | None = None,
 ) -> SweepReport:
     """Analyze `records` and write every output into `out_dir` (created; files there are overwritten).
 
@@ -44,6 +47,7 @@ def write_report(
         records: run records (`load_records`, `fetch_wandb_records`).
         out_dir: output folder.
         command: the command line printed in the outputs as the way to regenerate them.
+        selection: select each strategy's setting on validation before comparing on test (`analyze`).
 
     Returns:
         The analysis the files were written from.
@@ -53,7 +57,7 @@ def write_report(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = analyze(records)
+    report = analyze(records, selection)
     plots: dict[str, list[str]] = {}
     for setting in report.settings:
         slug = _slug(setting.name)

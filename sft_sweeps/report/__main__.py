@@ -1,5 +1,8 @@
 """`python -m sft_sweeps.report <sweep dir or glob> ... [--wandb E/P] [--dashboard E/P] --out DIR`.
 
+`--select-key train.learning_rate`: a tuning sweep (`experiment=lr_tuning`); per strategy, the learning rate
+with the best mean validation metric over seeds is kept and the kept cells are compared on test.
+
 Also `python -m sft_sweeps.report --dashboard-from <out>/wandb_report.json`: save a dashboard built earlier.
 """
 
@@ -13,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from sft_sweeps.cli import errors_reported
 from sft_sweeps.report import RecordError, fetch_wandb_records, load_records, write_report
+from sft_sweeps.report.analysis import Selection, SelectionError
 
 if TYPE_CHECKING:  # the dashboard's imports (wandb-workspaces) load only with --dashboard
     import wandb_workspaces.reports.v2 as wr
@@ -53,7 +57,30 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="save the W&B report a --dashboard run wrote to FILE (wandb_report.json); nothing else",
     )
+    parser.add_argument(
+        "--select-key",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="a config key varied within each strategy (e.g. train.learning_rate; repeatable): per strategy, "
+        "keep the value with the best mean validation metric over seeds, then compare strategies on test",
+    )
+    parser.add_argument(
+        "--select-on",
+        choices=["validation"],
+        default="validation",
+        help="the split --select-key selects on (validation only: selecting on test biases the comparison)",
+    )
+    parser.add_argument(
+        "--select-metric",
+        metavar="METRIC",
+        help="the selection metric (default: validation/<optimized_metric> of the records)",
+    )
     args = parser.parse_args(argv)
+    if args.select_metric and not args.select_key:
+        parser.error("--select-metric needs --select-key")
+    if args.select_metric and not args.select_metric.startswith(f"{args.select_on}/"):
+        parser.error(f"--select-metric must be a {args.select_on}/... metric, got {args.select_metric!r}")
     if args.dashboard_from:
         if args.paths or args.wandb or args.dashboard:
             parser.error("--dashboard-from FILE takes no sweep dirs, --wandb or --dashboard")
@@ -69,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.wandb:
         records += fetch_wandb_records(args.wandb)
     command = shlex.join(["python", "-m", "sft_sweeps.report", *(argv if argv is not None else sys.argv[1:])])
-    report = write_report(records, args.out, command=command)
+    selection = (
+        Selection(tuple(args.select_key), args.select_metric, args.select_on) if args.select_key else None
+    )
+    try:
+        report = write_report(records, args.out, command=command, selection=selection)
+    except SelectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     h = report.hygiene
     print(
         f"{len(records)} records, {len(report.settings)} setting(s): {h.done}/{h.expected} runs done, "

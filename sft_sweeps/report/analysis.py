@@ -5,6 +5,11 @@ form a cell. A cell is a strategy (its masking label, e.g. `weighted(pw=0.1)`) w
 name plus every other config key that varies across the records, e.g. `model.arch.hidden_size=64`);
 strategies are compared within a setting.
 
+Selection (`analyze(records, Selection(("train.learning_rate",)))`): when a sweep varies a hyperparameter
+within each strategy (a learning-rate grid), each strategy keeps the value with the best mean validation
+metric over seeds (`validation/<optimized_metric>`, recorded by every run), and the strategies' chosen
+cells are compared on test. Nothing is ever chosen on test.
+
 Example:
     >>> report = analyze(load_records("multirun/masking_seeds"))         # doctest: +SKIP
     >>> [(p.metric, p.best, p.significant) for p in report.settings[0].picks]   # doctest: +SKIP
@@ -20,11 +25,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sft_sweeps.identity import SETTING_EXCLUDED_KEYS, RunRecord, masking_label, masking_params
-from sft_sweeps.metrics import is_compared, lookup, lower_is_better, sort_keys
+from sft_sweeps.metrics import (
+    VALIDATION_PREFIX,
+    is_compared,
+    is_validation,
+    lookup,
+    lower_is_better,
+    sort_keys,
+)
 from sft_sweeps.record import effective_status
-from sft_sweeps.report.stats import ALPHA, MeanCI, PairedTest, holm, mean_ci, paired_permutation, paired_t
+from sft_sweeps.report.stats import (
+    ALPHA,
+    MeanCI,
+    PairedTest,
+    SeedsNeeded,
+    holm,
+    mean_ci,
+    paired_permutation,
+    paired_t,
+    seeds_for_power,
+)
 
-__all__ = ["analyze", "is_eval_metric", "lower_is_better", "place_runs"]
+__all__ = ["Selection", "SelectionError", "analyze", "is_eval_metric", "lower_is_better", "place_runs"]
 
 STRATEGY_ORDER = ("full", "last", "all", "weighted")
 # The data a run trained and was scored on defines its setting too: runs on different data are never
@@ -132,6 +154,31 @@ class Pick:
     p_holm: float | None
     significant: bool
     tied: list[str] = field(default_factory=list)  # strategies with the best mean exactly (bold too)
+    # Seeds a paired t-test would need to detect this margin at 80% power (from the seed spread).
+    seeds_needed: SeedsNeeded | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Pick, per strategy, the value of `keys` with the best mean of `metric` over seeds.
+
+    Attributes:
+        keys: config keys varied within each strategy (e.g. `train.learning_rate`).
+        metric: the selection metric; None: `validation/<optimized_metric>` of the records.
+    """
+
+    keys: tuple[str, ...]
+    metric: str | None = None
+    split: str = "validation"
+
+
+@dataclass
+class Candidate:
+    """One value of the selection keys for one strategy: its validation score and whether it was chosen."""
+
+    values: tuple[str, ...]  # `key=value` of each selection key
+    score: MeanCI | None  # the selection metric over the seeds done (None: no run reported it)
+    chosen: bool = False
 
 
 @dataclass
@@ -146,10 +193,18 @@ class SettingReport:
     eval_metrics: list[str]
     train_metrics: list[str]
     summary: dict[str, dict[str, MeanCI]]  # metric -> strategy -> mean/CI over seeds
+    by_seed: dict[str, dict[str, dict[int, float]]]  # metric -> strategy -> seed -> value (the seed spread)
     comparisons: dict[str, list[Comparison]]
     picks: list[Pick]
     by_depth: dict[str, dict[str, dict[int, MeanCI]]]  # metric -> strategy -> depth -> mean/CI
     fingerprints: dict[str, list[str]]  # data fingerprint -> "strategy seed=s" of the runs that used it
+    # With a Selection: the selection metric and, per strategy, its candidates (the chosen one marked).
+    selection_metric: str | None = None
+    candidates: dict[str, list[Candidate]] = field(default_factory=dict)
+
+    def chosen(self, strategy: str) -> tuple[str, ...]:
+        """The `key=value` settings chosen for `strategy` (empty without a selection)."""
+        return next((c.values for c in self.candidates.get(strategy, []) if c.chosen), ())
 
 
 @dataclass
@@ -305,21 +360,29 @@ def _item_test(best: dict[int, Run], other: dict[int, Run], metric: str) -> Pair
     return paired_permutation(xa, xb)
 
 
-def _analyze_setting(name: str, cells: dict[str, dict[int, Run]]) -> SettingReport:
+def _analyze_setting(
+    name: str,
+    cells: dict[str, dict[int, Run]],
+    overrides: tuple[str, ...] | None = None,
+    selection: tuple[str | None, dict[str, list[Candidate]]] = (None, {}),
+) -> SettingReport:
     any_run = next(iter(next(iter(cells.values())).values()))
     strategies = sorted(cells, key=lambda s: next(iter(cells[s].values())).strategy_key)
     done = {s: {seed: r for seed, r in cells[s].items() if r.status == "done"} for s in strategies}
     ordered = sort_keys({m for runs in done.values() for r in runs.values() for m in r.record.metrics})
     eval_metrics = [m for m in ordered if is_eval_metric(m)]
-    train_metrics = [m for m in ordered if not is_eval_metric(m)]
+    # Validation metrics only select (the Selection table shows them); they are not training figures either.
+    train_metrics = [m for m in ordered if not is_eval_metric(m) and not is_validation(m)]
 
     summary: dict[str, dict[str, MeanCI]] = {}
+    by_seed: dict[str, dict[str, dict[int, float]]] = {}
     for metric in ordered:
-        summary[metric] = {}
+        summary[metric], by_seed[metric] = {}, {}
         for s in strategies:
-            values = [v for r in done[s].values() if (v := r.metric(metric)) is not None]
+            values = {seed: v for seed, r in sorted(done[s].items()) if (v := r.metric(metric)) is not None}
             if values:
-                summary[metric][s] = mean_ci(values)
+                summary[metric][s] = mean_ci(list(values.values()))
+                by_seed[metric][s] = values
 
     comparisons: dict[str, list[Comparison]] = {}
     picks = []
@@ -330,15 +393,18 @@ def _analyze_setting(name: str, cells: dict[str, dict[int, Run]]) -> SettingRepo
             continue
         best = ranked[0]
         rows = []
+        paired: dict[str, tuple[list[float], list[float]]] = {}  # strategy -> (best, strategy) by seed
         for s in ranked[1:]:
             seeds = sorted(
                 seed
                 for seed in set(done[best]) & set(done[s])
                 if done[best][seed].metric(metric) is not None and done[s][seed].metric(metric) is not None
             )
-            seed_test = paired_t(
-                [done[best][k].metric(metric) for k in seeds], [done[s][k].metric(metric) for k in seeds]
+            paired[s] = (
+                [done[best][k].metric(metric) for k in seeds],
+                [done[s][k].metric(metric) for k in seeds],
             )
+            seed_test = paired_t(*paired[s])
             rows.append(
                 Comparison(
                     metric,
@@ -364,6 +430,7 @@ def _analyze_setting(name: str, cells: dict[str, dict[int, Run]]) -> SettingRepo
                 if runner.seeds_p_holm is not None
                 else (("items", runner.items_p_holm) if runner.items_p_holm is not None else (None, None))
             )
+            significant = p is not None and p < ALPHA and len(tied) == 1
             picks.append(
                 Pick(
                     metric,
@@ -373,8 +440,10 @@ def _analyze_setting(name: str, cells: dict[str, dict[int, Run]]) -> SettingRepo
                     abs(runner.gap),
                     test,
                     p,
-                    p is not None and p < ALPHA and len(tied) == 1,
+                    significant,
                     tied,
+                    # How many seeds would settle it: only said where the pick is not settled yet.
+                    None if significant or len(tied) > 1 else seeds_for_power(*paired[runner.strategy]),
                 )
             )
         else:
@@ -401,28 +470,116 @@ def _analyze_setting(name: str, cells: dict[str, dict[int, Run]]) -> SettingRepo
 
     return SettingReport(
         name=name,
-        overrides=any_run.setting_overrides,
+        overrides=any_run.setting_overrides if overrides is None else overrides,
         strategies=strategies,
         masking={s: dict(next(iter(cells[s].values())).masking) for s in strategies},
         seeds={s: sorted(done[s]) for s in strategies},
         eval_metrics=eval_metrics,
         train_metrics=train_metrics,
         summary=summary,
+        by_seed=by_seed,
         comparisons=comparisons,
         picks=picks,
         by_depth=by_depth,
         fingerprints=dict(sorted(fingerprints.items())),
+        selection_metric=selection[0],
+        candidates=selection[1],
     )
 
 
-def analyze(records: Iterable[RunRecord]) -> SweepReport:
+class SelectionError(ValueError):
+    """Selection was asked for but the records cannot support it (no validation metric recorded)."""
+
+
+def _setting_name(sweep: str, overrides: tuple[str, ...]) -> str:
+    return " | ".join([sweep, ", ".join(overrides)]) if overrides else sweep
+
+
+def _candidate_order(values: tuple[str, ...]) -> tuple:
+    """Numeric values in numeric order (1e-3 before 3e-3), others by text."""
+    out = []
+    for value in values:
+        text = value.split("=", 1)[1]
+        try:
+            out.append((0, float(text), text))
+        except ValueError:
+            out.append((1, 0.0, text))
+    return tuple(out)
+
+
+def _select_cells(
+    cells: dict[tuple[str, str], dict[int, Run]], selection: Selection
+) -> dict[str, tuple[tuple[str, ...], str | None, dict[str, dict[int, Run]], dict[str, list[Candidate]]]]:
+    """Merge the settings that differ only by the selection keys; keep, per strategy, the best candidate.
+
+    Returns:
+        base setting name -> (its overrides, selection metric, strategy -> chosen runs by seed,
+        strategy -> candidates).
+
+    Raises:
+        SelectionError: no done run of a strategy records the selection metric.
+    """
+    keys = set(selection.keys)
+    grouped: dict[str, dict[str, dict[tuple[str, ...], dict[int, Run]]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    base_overrides: dict[str, tuple[str, ...]] = {}
+    metric_of: dict[str, str] = {}
+    for (_, strategy), by_seed in cells.items():
+        run = next(iter(by_seed.values()))
+        chosen_by = tuple(o for o in run.setting_overrides if o.split("=", 1)[0] in keys)
+        base = tuple(o for o in run.setting_overrides if o not in chosen_by)
+        name = _setting_name(run.sweep, base)
+        base_overrides[name] = base
+        metric_of.setdefault(
+            name, selection.metric or VALIDATION_PREFIX + str(run.record.config.get("optimized_metric"))
+        )
+        grouped[name][strategy][chosen_by] = by_seed
+
+    out = {}
+    for name, strategies in grouped.items():
+        metric = metric_of[name]
+        sign = 1.0 if lower_is_better(metric) else -1.0
+        chosen_cells, candidates = {}, {}
+        for strategy, options in strategies.items():
+            rows = []
+            for values in sorted(options, key=_candidate_order):
+                scores = [
+                    v
+                    for r in options[values].values()
+                    if r.status == "done" and (v := r.metric(metric)) is not None
+                ]
+                rows.append(Candidate(values, mean_ci(scores) if scores else None))
+            scored = [c for c in rows if c.score is not None]
+            if not scored:
+                raise SelectionError(
+                    f"{name}: no done run of {strategy} records {metric}, so nothing can be selected on "
+                    f"{selection.split}; rerun the sweep with this version (every run scores validation) or "
+                    "report without --select-key"
+                )
+            best = min(scored, key=lambda c: sign * c.score.mean)  # the first of equal scores: stable
+            best.chosen = True
+            chosen_cells[strategy] = options[best.values]
+            candidates[strategy] = rows
+        out[name] = (base_overrides[name], metric, chosen_cells, candidates)
+    return out
+
+
+def analyze(records: Iterable[RunRecord], selection: Selection | None = None) -> SweepReport:
     """Arrange records into settings and strategies; compute means, tests, picks and hygiene.
 
     The expected grid of a sweep is every setting x strategy x seed seen anywhere in it; grid points with
     no record are listed as missing, runs not `done` as failed, and neither enters an average.
 
+    Args:
+        records: run records.
+        selection: per strategy, keep the value of `selection.keys` with the best validation mean over
+            seeds, and compare the chosen cells on test (see the module docstring); None compares every
+            value of every key as its own setting.
+
     Raises:
         ValueError: no records.
+        SelectionError: a selection was asked for and a strategy has no run with the validation metric.
     """
     runs = place_runs(records)
     if not runs:
@@ -467,6 +624,13 @@ def analyze(records: Iterable[RunRecord]) -> SweepReport:
             if (count := max(r.skipped_records() for r in runs if r.setting == setting))
         },
     )
+    if selection is not None:
+        selected = _select_cells(cells, selection)
+        settings = [
+            _analyze_setting(name, chosen, overrides, (metric, candidates))
+            for name, (overrides, metric, chosen, candidates) in sorted(selected.items())
+        ]
+        return SweepReport(runs=runs, settings=settings, hygiene=hygiene)
     by_setting: dict[str, dict[str, dict[int, Run]]] = defaultdict(dict)
     for (setting, strategy), by_seed in cells.items():
         by_setting[setting][strategy] = by_seed

@@ -7,6 +7,8 @@ import io
 import re
 from typing import Any
 
+import numpy as np
+
 from sft_sweeps.metrics import headline_keys, lower_is_better
 from sft_sweeps.report.analysis import Pick, SettingReport, SweepReport
 from sft_sweeps.report.stats import ALPHA, CONFIDENCE, PERMUTATIONS, MeanCI
@@ -81,6 +83,21 @@ def _best(setting: SettingReport, metric: str) -> str | None:
     return next((p.best for p in setting.picks if p.metric == metric), None)
 
 
+def selection_keys(setting: SettingReport) -> list[str]:
+    """The config keys selected on validation in this setting (empty without a selection)."""
+    keys: list[str] = []
+    for candidates in setting.candidates.values():
+        for value in candidates[0].values if candidates else ():
+            if (key := value.split("=", 1)[0]) not in keys:
+                keys.append(key)
+    return keys
+
+
+def _chosen_cells(setting: SettingReport, strategy: str) -> list[str]:
+    chosen = dict(v.split("=", 1) for v in setting.chosen(strategy))
+    return [chosen.get(key, "—") for key in selection_keys(setting)]
+
+
 def results_rows(setting: SettingReport, metrics: list[str], bold: str = "**") -> list[list[str]]:
     rows = []
     for s in setting.strategies:
@@ -88,14 +105,55 @@ def results_rows(setting: SettingReport, metrics: list[str], bold: str = "**") -
         for metric in metrics:
             text = fmt_ci(setting.summary.get(metric, {}).get(s))
             cells.append(f"{bold}{text}{bold}" if bold and _is_best(setting, metric, s) else text)
-        rows.append([s, str(len(setting.seeds[s])), *cells])
+        rows.append([s, *_chosen_cells(setting, s), str(len(setting.seeds[s])), *cells])
     return rows
 
 
 def results_table_md(setting: SettingReport, metrics: list[str]) -> str:
-    """Strategies x metrics, mean ± CI, best per column in bold, `n` = seeds done."""
-    headers = ["strategy", "n", *[f"{m} {arrow(m)}" for m in metrics]]
-    return md_table(headers, results_rows(setting, metrics))
+    """Strategies x metrics, mean ± CI, best per column in bold, `n` = seeds done; with a selection, the
+    value chosen on validation for each strategy after its name."""
+    chosen = [f"{key} (chosen)" for key in selection_keys(setting)]
+    headers = ["strategy", *chosen, "n", *[f"{m} {arrow(m)}" for m in metrics]]
+    return md_table(
+        headers, results_rows(setting, metrics), "l" * (1 + len(chosen)) + "r" * (1 + len(metrics))
+    )
+
+
+def selection_caption(setting: SettingReport) -> str:
+    """`; train.learning_rate selected on validation ..., compared on test` (empty without a selection)."""
+    keys = selection_keys(setting)
+    if not keys:
+        return ""
+    return (
+        f"; {', '.join(f'`{k}`' for k in keys)} per strategy selected on validation (best mean "
+        f"`{setting.selection_metric}` over seeds), compared on test"
+    )
+
+
+def _selection_md(setting: SettingReport) -> str:
+    """Every candidate of every strategy with its validation score; the chosen one marked."""
+    rows = [
+        [
+            s,
+            ", ".join(c.values) or "—",
+            str(c.score.n if c.score else 0),
+            fmt_ci(c.score),
+            "yes" if c.chosen else "",
+        ]
+        for s in setting.strategies
+        for c in setting.candidates.get(s, [])
+    ]
+    return md_table(
+        [
+            "strategy",
+            "candidate",
+            "n",
+            f"{setting.selection_metric} {arrow(setting.selection_metric or '')}",
+            "chosen",
+        ],
+        rows,
+        "llrrl",
+    )
 
 
 def _picks_md(setting: SettingReport) -> str:
@@ -109,12 +167,41 @@ def _picks_md(setting: SettingReport) -> str:
             p.test or "—",
             fmt_p(p.p_holm),
             "tie" if len(p.tied) > 1 else ("yes" if p.significant else "no"),
+            p.seeds_needed.text() if p.seeds_needed else "—",
         ]
         for p in setting.picks
     ]
     return md_table(
-        ["metric", "best", "mean", "runner-up", "margin", "test", "p (Holm)", "significant"], rows, "llrlrlrl"
+        [
+            "metric",
+            "best",
+            "mean",
+            "runner-up",
+            "margin",
+            "test",
+            "p (Holm)",
+            "significant",
+            "seeds for 80% power",
+        ],
+        rows,
+        "llrlrlrlr",
     )
+
+
+def _spread_md(setting: SettingReport) -> str:
+    """Per strategy, the headline metrics seed by seed with their standard deviation and range: how much
+    one seed can move a strategy (what the confidence intervals summarize)."""
+    rows = []
+    for metric in headline_keys(setting.eval_metrics) or setting.eval_metrics[:1]:
+        for s in setting.strategies:
+            values = setting.by_seed.get(metric, {}).get(s)
+            if not values:
+                continue
+            x = np.asarray(list(values.values()))
+            sd = fmt(float(x.std(ddof=1))) if x.size > 1 else "—"
+            seeds = ", ".join(f"{seed}: {fmt(v)}" for seed, v in values.items())
+            rows.append([metric, s, str(x.size), sd, fmt(float(x.max() - x.min())), seeds])
+    return md_table(["metric", "strategy", "n", "sd", "range", "by seed"], rows, "llrrrl")
 
 
 def _comparisons_md(setting: SettingReport) -> str:
@@ -212,10 +299,18 @@ def report_md(report: SweepReport, command: str, plots: dict[str, list[str]]) ->
         if not setting.eval_metrics:
             parts.append("No completed run: nothing to summarize.\n")
             continue
-        parts.append(f"### Results (mean ± {CONFIDENCE:.0%} CI over seeds; best in bold)\n")
+        if setting.candidates:
+            parts.append(f"### Selection on validation (never on test){selection_caption(setting)}\n")
+            parts.append(_selection_md(setting))
+            parts.append("")
+        parts.append(
+            f"### Results (mean ± {CONFIDENCE:.0%} CI over seeds; best in bold{selection_caption(setting)})\n"
+        )
         parts.append(results_table_md(setting, setting.eval_metrics))
         if any(len(v) == 1 for v in setting.seeds.values()):
             parts.append("\nn=1: one seed, no confidence interval.\n")
+        parts.append("\n### Seed spread\n")
+        parts.append(_spread_md(setting))
         parts.append("\n### Best strategy per metric\n")
         parts.append(_picks_md(setting))
         parts.append("\n### Paired tests against the best\n")
@@ -242,15 +337,31 @@ def readme_table_md(report: SweepReport, command: str) -> str:
         metrics = headline_keys(setting.eval_metrics) or setting.eval_metrics
         n_seeds = sorted({len(v) for v in setting.seeds.values()})
         seeds = f"{'/'.join(map(str, n_seeds))} seed{'' if n_seeds == [1] else 's'}"
-        parts.append(f"**{setting.name}**: mean ± {CONFIDENCE:.0%} CI over {seeds}; best in bold.\n")
+        parts.append(
+            f"**{setting.name}**: mean ± {CONFIDENCE:.0%} CI over {seeds}; best in bold"
+            f"{selection_caption(setting)}.\n"
+        )
         parts.append(results_table_md(setting, metrics))
         parts.append("".join(pick_line(p) for p in setting.picks if p.metric in metrics))
+        if metrics:
+            parts.append(spread_line(setting, metrics[0]))
     h = report.hygiene
     parts.append(
         f"{h.done}/{h.expected} runs done; {len(h.not_done)} not done and {len(h.missing)} missing "
         "(listed in report.md, never averaged). Regenerate: `{command}`\n".replace("{command}", command)
     )
     return "\n".join(p.rstrip("\n") + "\n" for p in parts)
+
+
+def spread_line(setting: SettingReport, metric: str) -> str:
+    """`Seed spread of M (sd [min, max]): full 0.010 [0.13, 0.15], ...` for the README table."""
+    cells = []
+    for s in setting.strategies:
+        values = list(setting.by_seed.get(metric, {}).get(s, {}).values())
+        if len(values) > 1:
+            sd = float(np.std(values, ddof=1))
+            cells.append(f"`{s}` {fmt(sd)} [{fmt(min(values))}, {fmt(max(values))}]")
+    return f"- seed spread of {metric} (sd [min, max] over seeds): {', '.join(cells)}\n" if cells else ""
 
 
 def pick_line(p: Pick) -> str:
@@ -263,7 +374,19 @@ def pick_line(p: Pick) -> str:
         f"{p.test} test, Holm p{p_text if p_text.startswith('<') else '=' + p_text}" if p.test else "untested"
     )
     verdict = "significant" if p.significant else "not significant"
-    return f"- {p.metric}: best `{p.best}`, ahead of `{p.runner_up}` by {fmt(p.margin)} ({verdict}; {test})\n"
+    power = f"; {power_text(p)}" if p.seeds_needed else ""
+    margin = f"ahead of `{p.runner_up}` by {fmt(p.margin)}"
+    return f"- {p.metric}: best `{p.best}`, {margin} ({verdict}; {test}{power})\n"
+
+
+def power_text(p: Pick) -> str:
+    """`needs ~12 seeds for 80% power`: how many seeds a paired t-test needs to detect this margin."""
+    needed = p.seeds_needed
+    if needed is None:
+        return ""
+    if needed.n is None:
+        return f"seeds for 80% power: {needed.text()}"
+    return f"needs ~{needed.text()} for 80% power"
 
 
 _LATEX_SPECIAL = {
@@ -310,12 +433,16 @@ def report_tex(report: SweepReport) -> str:
             for metric in metrics:
                 text = _tex_ci(setting.summary.get(metric, {}).get(s))
                 cells.append(f"\\textbf{{{text}}}" if _is_best(setting, metric, s) else text)
-            rows.append(" & ".join([tex_escape(s), str(len(setting.seeds[s])), *cells]) + r" \\")
+            label = s + "".join(f", {v}" for v in setting.chosen(s))  # the values chosen on validation
+            rows.append(" & ".join([tex_escape(label), str(len(setting.seeds[s])), *cells]) + r" \\")
         has_n1 = any(len(v) == 1 for v in setting.seeds.values())
         confidence = tex_escape(f"{CONFIDENCE:.0%}")
         caption = (
             f"{tex_escape(setting.name)}: mean $\\pm$ {confidence} CI over seeds (t-distribution); "
-            "best in bold." + (r" $^\dagger$one seed, no interval." if has_n1 else "")
+            "best in bold"
+            + tex_escape(selection_caption(setting).replace("`", ""))
+            + "."
+            + (r" $^\dagger$one seed, no interval." if has_n1 else "")
         )
         out += [
             r"\begin{table}[t]",

@@ -1,4 +1,5 @@
-"""The statistics of the report: mean with a t-interval, paired tests, Holm's correction.
+"""The statistics of the report: mean with a t-interval, paired tests, Holm's correction, and how many
+seeds a difference needs.
 
 Example:
     >>> mean_ci([0.4, 0.5, 0.6]).mean
@@ -21,6 +22,9 @@ ALPHA = 0.05
 # Sign flips drawn by the item-level permutation test when 2**n exceeds it; the generator is seeded,
 # so the p-value is the same on every rerun.
 PERMUTATIONS = 9999
+POWER = 0.80
+# Seeds beyond this are reported as "more than MAX_SEEDS": a difference that small is not worth the runs.
+MAX_SEEDS = 1000
 
 
 @dataclass(frozen=True)
@@ -104,3 +108,61 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+def paired_t_power(effect_size: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of a two-sided paired t-test with `n` pairs at standardized effect `effect_size`.
+
+    The effect size is Cohen's d_z: mean difference over the standard deviation of the differences. Under
+    it, t follows a noncentral t with n-1 degrees of freedom and noncentrality d_z * sqrt(n).
+    """
+    if n < 2:
+        return 0.0
+    df = n - 1
+    critical = float(stats.t.ppf(1 - alpha / 2, df))
+    noncentrality = abs(effect_size) * math.sqrt(n)
+    return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
+
+
+@dataclass(frozen=True)
+class SeedsNeeded:
+    """Pairs (seeds) a paired t-test needs to detect the observed difference; None with a note if unknown."""
+
+    n: int | None
+    effect_size: float | None
+    note: str = ""
+
+    def text(self) -> str:
+        """For tables: `12 seeds`, `>1000 seeds`, or why it is unknown."""
+        if self.n is None:
+            return self.note or "n/a"
+        return f">{MAX_SEEDS} seeds" if self.n > MAX_SEEDS else f"{self.n} seeds"
+
+
+def seeds_for_power(
+    a: Sequence[float], b: Sequence[float], power: float = POWER, alpha: float = ALPHA
+) -> SeedsNeeded:
+    """Seeds needed for a two-sided paired t-test of a - b at `alpha` to reach `power`, taking the observed
+    mean and standard deviation of the paired differences as the truth (a plan for the next run, not a
+    guarantee: with few seeds the spread itself is uncertain). Before Holm's correction, so with several
+    strategies compared it is a lower bound.
+
+    Example:
+        >>> seeds_for_power([1.0, 2.0, 0.0], [0.0, 0.0, 0.0]).n   # d_z = 1: 10 pairs (G*Power: 10)
+        10
+    """
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.size < 2:
+        return SeedsNeeded(None, None, "needs 2+ seeds")
+    sd = float(d.std(ddof=1))
+    if sd <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        return SeedsNeeded(None, None, "differences have no variance")
+    effect = float(d.mean()) / sd
+    if effect == 0.0:
+        return SeedsNeeded(MAX_SEEDS + 1, 0.0)
+    n = 2
+    while paired_t_power(effect, n, alpha) < power:
+        n += 1
+        if n > MAX_SEEDS:
+            break
+    return SeedsNeeded(n, effect)
