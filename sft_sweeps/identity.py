@@ -188,6 +188,8 @@ class RunRecord:
         benchmarks: benchmark -> what identifies how it scored (data version, judge model).
         data: `fingerprint` of the splits, their `stats` (skipped records by reason), `masking` stats.
         owner: `host` and `pid` of the process writing a `running` record (to tell a dead run).
+        optimized_metric: the metric returned to Hydra, resolved; the report selects on its validation
+            score (`validation/<optimized_metric>`).
         source: the file it was read from (set on reading, never written).
     """
 
@@ -197,6 +199,8 @@ class RunRecord:
     config_hash: str = ""
     group: str = ""
     strategy: str = ""
+    # The metric returned to Hydra, resolved (`optimized_metric` may be null in the config).
+    optimized_metric: str | None = None
     error: str | None = None
     overrides: list[str] = field(default_factory=list)
     run_dir: str | None = None
@@ -233,6 +237,11 @@ class RunRecord:
     def label(self) -> str:
         """The masking label (`weighted(pw=0.1)`), derived from the config."""
         return masking_label(self.config["masking"])
+
+    @property
+    def main_metric(self) -> str | None:
+        """The resolved optimized metric; records older than it say it in their config."""
+        return self.optimized_metric or self.config.get("optimized_metric")
 
     @property
     def data_fingerprint(self) -> str | None:

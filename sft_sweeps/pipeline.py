@@ -112,6 +112,7 @@ def _run_locked(cfg: DictConfig, settings: Config, run_dir: str) -> RunRecord:
         git_commit=git_commit(),
         device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         owner={"host": socket.gethostname(), "pid": os.getpid()},
+        optimized_metric=optimized_metric(settings),
     )
     try:
         splits = load_splits(settings.dataset)

@@ -475,6 +475,7 @@ def _lr_records(base: dict, with_validation: bool = True) -> list[dict]:
             for seed in (0, 1, 2):
                 record = make_record(base, strategy, seed, sweep="lr")
                 record["config"]["train"]["learning_rate"] = lr
+                record["optimized_metric"] = TEM  # resolved by the pipeline (null in the config)
                 record["metrics"]["turn_exact_match"] = test + SEED_NOISE[seed]
                 if with_validation:
                     record["metrics"]["validation/synthetic/turn_exact_match"] = validation + SEED_NOISE[seed]

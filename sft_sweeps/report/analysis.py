@@ -532,7 +532,7 @@ def _select_cells(
         name = _setting_name(run.sweep, base)
         base_overrides[name] = base
         metric_of.setdefault(
-            name, selection.metric or VALIDATION_PREFIX + str(run.record.config.get("optimized_metric"))
+            name, selection.metric or VALIDATION_PREFIX + str(run.record.main_metric)
         )
         grouped[name][strategy][chosen_by] = by_seed
 
