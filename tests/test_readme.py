@@ -98,10 +98,12 @@ PLAN: dict[str, Check] = {
     "python -m sft_sweeps -m experiment=parallel_local": RUN(*QUIET),
     "python -m sft_sweeps -m experiment=slurm hydra.launcher.partition=gpu": SKIP("needs a Slurm cluster"),
     "python -m sft_sweeps -m experiment=optuna_prompt_weight hydra.sweeper.n_trials=4": RUN(*QUIET),
+    "python -m sft_sweeps -m experiment=lr_tuning": RUN(*QUIET),
     "python -m sft_sweeps.report multirun/masking_seeds --out reports/masking_seeds": RUN(),
     'python -m sft_sweeps.report "multirun/*" --wandb my-entity/sft_sweeps --out reports/all': SKIP(
         "reads runs from W&B: needs a login and the network"
     ),
+    "python -m sft_sweeps.report multirun/lr_tuning --select-key train.learning_rate --out reports/lr_tuning": RUN(),
     "wandb login": SKIP("needs a W&B account and the network"),
     "python -m sft_sweeps -m masking=full,last,all,weighted sweep_name=masks logger.mode=online "
     "logger.entity=my-team logger.project=sft_sweeps": RUN(
