@@ -56,3 +56,23 @@ def tiny_cfg(tmp_path: Path) -> Iterator[DictConfig]:
         cfg.cache_dir = str(tmp_path / "cache")
     yield cfg
     GlobalHydra.instance().clear()
+
+
+def tiny_llama(
+    tok, seed: int = 0, hidden_size: int = 64, num_hidden_layers: int = 2, intermediate_size: int = 128
+):
+    """A real random-init Llama for the embedded tokenizer, small enough for a unit test, in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=2,
+        intermediate_size=intermediate_size,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config).eval()

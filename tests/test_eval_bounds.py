@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_sweeps.config import EvalConfig
 from sft_sweeps.evaluation.generation import stop_token_ids
@@ -12,6 +11,7 @@ from sft_sweeps.evaluation.multiturn import _parse_all, _turn_prompts, evaluate_
 from sft_sweeps.evaluation.nll import assistant_spans, turn_nlls
 from sft_sweeps.tasks import make_splits
 from sft_sweeps.tokenizer import build_embedded_tokenizer
+from tests.conftest import tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +29,7 @@ class ShapeRecorder:
     """A real tiny Llama whose forward passes record (rows, width, kept logit positions)."""
 
     def __init__(self, tok) -> None:
-        torch.manual_seed(0)
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            bos_token_id=None,
-        )
-        self.model = LlamaForCausalLM(config).eval()
+        self.model = tiny_llama(tok, seed=0, hidden_size=32, num_hidden_layers=1, intermediate_size=64)
         self.calls: list[tuple[int, int, int]] = []
         self.model.register_forward_pre_hook(self._record, with_kwargs=True)
 

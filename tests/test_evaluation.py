@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from sft_sweeps.config import EvalConfig
 from sft_sweeps.evaluation import EvalResult, evaluate, generate, prompt_ids
@@ -15,6 +15,7 @@ from sft_sweeps.evaluation.generation import stop_token_ids
 from sft_sweeps.evaluation.nll import assistant_spans, turn_nlls
 from sft_sweeps.tasks import make_splits
 from sft_sweeps.tokenizer import build_embedded_tokenizer
+from tests.conftest import tiny_llama
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,21 +35,6 @@ def tok():
 @pytest.fixture(scope="module")
 def test_split():
     return make_splits(["state_tracking"], {"train": 20, "test": 6}, min_turns=2, max_turns=4, seed=0)["test"]
-
-
-def tiny_llama(tok, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def overfit_llama(tok, records: list[dict], steps: int = 150, seed: int = 0) -> LlamaForCausalLM:

@@ -6,7 +6,6 @@ import importlib.util
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from sft_sweeps.config import ConfigError, EvalConfig, validate
 from sft_sweeps.evaluation import generation
@@ -19,7 +18,7 @@ from sft_sweeps.evaluation.generation import (
     prompt_ids,
 )
 from sft_sweeps.tokenizer import build_embedded_tokenizer
-from tests.conftest import TINY_OVERRIDES, compose_config
+from tests.conftest import TINY_OVERRIDES, compose_config, tiny_llama
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -31,18 +30,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def model(tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(tok, seed=0, hidden_size=32, num_hidden_layers=1, intermediate_size=64)
 
 
 @pytest.fixture(scope="module")
