@@ -156,12 +156,13 @@ def main() -> int:
 
     print(f"\n{'job':<22} {'peak RSS (GiB)':>14} {'wall (s)':>9}  status  metrics")
     print(f"{'(start-up, imports)':<22} {sampler.peaks.get('(startup)', 0) / 1024**3:>14.2f}")
+    sequential = args.launcher == "sequential"  # parallel jobs overlap: no per-job figures
     for job, started in sampler.starts.items():
-        peak = sampler.peaks.get(job, 0) / 1024**3
+        peak = f"{sampler.peaks.get(job, 0) / 1024**3:.2f}" if sequential else "-"
+        elapsed = f"{sampler.ends.get(job, started) - started:.0f}" if sequential else "-"
         status_text, metrics = _job_result(Path(sweep_dir), job)
-        elapsed = sampler.ends.get(job, started) - started
         name = job.split()[0]  # the strategy; the other overrides are the same for every job
-        print(f"{name:<22} {peak:>14.2f} {elapsed:>9.0f}  {status_text:<6}  {metrics}")
+        print(f"{name:<22} {peak:>14} {elapsed:>9}  {status_text:<6}  {metrics}")
     print(f"\nsweep exit code {code}, wall {wall:.0f} s, log {sampler.log_path}")
     verdict = "within" if sweep_peak_gb < args.budget_gb and code == 0 else "OVER"
     budget = f"budget {args.budget_gb:g} GiB"
