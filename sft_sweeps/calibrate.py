@@ -95,22 +95,15 @@ def calibrate(settings: Config, steps: int, warmup: int, with_eval: bool = False
         The calibration record (what `calibration.json` holds).
     """
     from sft_sweeps.data import load_splits
-    from sft_sweeps.masking import build_dataset
     from sft_sweeps.modeling import build_model
+    from sft_sweeps.pipeline import training_data
     from sft_sweeps.tokenizer import load_tokenizer
     from sft_sweeps.training import build_trainer
 
     setup_start = time.perf_counter()  # what every job pays before training: data, tokenizing, model
     splits = load_splits(settings.dataset)
     tokenizer = load_tokenizer(settings.model.tokenizer, settings.model.trust_remote_code)
-    dataset, stats = build_dataset(
-        tokenizer,
-        splits.train,
-        settings.masking,
-        settings.train.max_length,
-        settings.train.truncation_mode,
-        cache_dir=settings.cache_dir,
-    )
+    dataset, stats = training_data(settings, tokenizer, splits)
     model = build_model(settings.model, tokenizer)
     train = dataclasses.replace(settings.train, max_steps=steps, save_model=False, logging_steps=steps)
     with tempfile.TemporaryDirectory(prefix="sft_sweeps_calibrate_") as scratch:

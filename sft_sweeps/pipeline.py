@@ -193,14 +193,7 @@ def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker:
         len(splits.test),
         splits.fingerprint[:12],
     )
-    train_dataset, masking_stats = build_dataset(
-        tokenizer,
-        splits.train,
-        settings.masking,
-        settings.train.max_length,
-        settings.train.truncation_mode,
-        cache_dir=settings.cache_dir,
-    )
+    train_dataset, masking_stats = training_data(settings, tokenizer, splits)
     log.info("masking %s: %s", label, masking_stats.to_dict())
     tracker.log_summary({f"data/{k}": float(v) for k, v in masking_stats.to_dict().items()})
 
@@ -290,6 +283,19 @@ def _set_threads(num_threads: int | None) -> None:
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     log.info("torch threads: %d", torch.get_num_threads())
+
+
+def training_data(settings: Config, tokenizer: Any, splits: Splits) -> tuple[Any, Any]:
+    """The train split tokenized and weighted as `settings` say (cached): what a job trains on, and its
+    masking statistics. The calibration run calls it too, so it measures the same work."""
+    return build_dataset(
+        tokenizer,
+        splits.train,
+        settings.masking,
+        settings.train.max_length,
+        settings.train.truncation_mode,
+        cache_dir=settings.cache_dir,
+    )
 
 
 def model_window(model: Any, settings: Config) -> int:

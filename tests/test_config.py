@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
@@ -90,21 +89,21 @@ EXPERIMENTS = sorted(
 
 
 def _job_overrides(params: dict[str, str]) -> list[list[str]]:
-    """The overrides of every job a sweeper would launch from `hydra.sweeper.params`: every choice of a
-    grid; both ends of an Optuna interval."""
+    """The overrides of every job a sweeper would launch from `hydra.sweeper.params`: the basic sweeper's
+    expansion (`sft_sweeps.estimate.sweep_jobs`), an Optuna interval standing for both of its ends."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import IntervalSweep
 
+    from sft_sweeps.estimate import sweep_jobs
+
     parser = OverridesParser.create()
-    axes = []
+    grid = []
     for key, value in params.items():
-        (override,) = parser.parse_overrides([f"{key}={value}"])
-        sweep = override.value()
-        if isinstance(sweep, IntervalSweep):
-            axes.append([f"{key}={sweep.start}", f"{key}={sweep.end}"])
-        else:
-            axes.append([f"{key}={v}" for v in override.sweep_string_iterator()])
-    return [list(combo) for combo in itertools.product(*axes)]
+        sweep = parser.parse_overrides([f"{key}={value}"])[0].value()
+        grid.append(
+            f"{key}={sweep.start},{sweep.end}" if isinstance(sweep, IntervalSweep) else f"{key}={value}"
+        )
+    return sweep_jobs(grid)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -139,16 +138,7 @@ def test_every_experiment_composes_into_its_jobs(experiment: str) -> None:
     ],
 )
 def test_launcher_default_and_templates(overrides: list[str], launcher: str) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from sft_sweeps.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
+    cfg = compose_config(overrides, return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(f".{launcher}")
     assert (
         "launcher" not in cfg

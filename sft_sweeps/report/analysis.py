@@ -531,9 +531,7 @@ def _select_cells(
         base = tuple(o for o in run.setting_overrides if o not in chosen_by)
         name = _setting_name(run.sweep, base)
         base_overrides[name] = base
-        metric_of.setdefault(
-            name, selection.metric or VALIDATION_PREFIX + str(run.record.main_metric)
-        )
+        metric_of.setdefault(name, selection.metric or VALIDATION_PREFIX + str(run.record.main_metric))
         grouped[name][strategy][chosen_by] = by_seed
 
     out = {}
