@@ -11,8 +11,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sft_sweeps.cli import USER_ERRORS, errors_reported, in_multirun
-from sft_sweeps.config import ConfigError, register_configs, validate
+from sft_sweeps.config import ConfigError, register_configs
 from sft_sweeps.identity import job_dirname
+from sft_sweeps.job import make_job
 
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 register_configs()
@@ -24,14 +25,12 @@ def main(cfg: DictConfig) -> float | None:
     # A wrong setting is one line naming its key, before any work, in a sweep too (its other jobs would
     # most likely share it). Other user errors of a sweep's job (data, a busy run dir) are recorded per job.
     with errors_reported(ConfigError):
-        settings = validate(cfg)  # range errors name their key before the heavy imports below
-        from sft_sweeps.evaluation.benchmarks import optimized_metric
-        from sft_sweeps.pipeline import check_before_work, run
+        job = make_job(cfg)  # validated once, here; everything below reads the job
+    from sft_sweeps.pipeline import run
 
-        check_before_work(settings)
     with errors_reported(*USER_ERRORS, enabled=not in_multirun()):
-        record = run(cfg)
-    return record.metric(optimized_metric(settings)) if record is not None else None
+        record = run(job)
+    return record.metric(job.optimized_metric) if record is not None else None
 
 
 if __name__ == "__main__":

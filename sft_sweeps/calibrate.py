@@ -29,7 +29,8 @@ import torch
 from transformers import TrainerCallback
 
 from sft_sweeps.cli import errors_reported
-from sft_sweeps.config import Config, ConfigError, validate
+from sft_sweeps.config import Config, ConfigError
+from sft_sweeps.job import Job, make_job
 
 # Where sweeps look for the calibration (the folder a sweep is started from), unless the variable says.
 CALIBRATION_ENV = "SFT_SWEEPS_CALIBRATION"
@@ -82,32 +83,30 @@ def data_signature(settings: Config) -> dict[str, Any]:
     }
 
 
-def calibrate(settings: Config, steps: int, warmup: int, with_eval: bool = False) -> dict[str, Any]:
-    """Train `steps` optimizer steps and measure tokens/s over the last `steps - warmup` of them.
+def calibrate(job: Job, steps: int, warmup: int, with_eval: bool = False) -> dict[str, Any]:
+    """Train `steps` optimizer steps and measure tokens/s over the last `steps - warmup` of them: the stages
+    of a sweep's job (`sft_sweeps.stages`), shortened.
 
     Args:
-        settings: a validated config (its `train.max_steps` is replaced by `steps`; nothing is saved).
+        job: the job to measure (its `train.max_steps` is replaced by `steps`; nothing is saved).
         steps: optimizer steps to run (> warmup).
         warmup: first steps left out of the rate (compilation, allocator, data loader start-up).
-        with_eval: also run `eval.benchmarks` once and record its wall time.
+        with_eval: also score the briefly trained model once, as a job does, and record the wall time.
 
     Returns:
         The calibration record (what `calibration.json` holds).
     """
+    from sft_sweeps import stages
     from sft_sweeps.data import load_splits
-    from sft_sweeps.modeling import build_model
-    from sft_sweeps.pipeline import training_data
-    from sft_sweeps.tokenizer import load_tokenizer
-    from sft_sweeps.training import build_trainer
 
+    settings = job.settings
     setup_start = time.perf_counter()  # what every job pays before training: data, tokenizing, model
     splits = load_splits(settings.dataset)
-    tokenizer = load_tokenizer(settings.model.tokenizer, settings.model.trust_remote_code)
-    dataset, stats = training_data(settings, tokenizer, splits)
-    model = build_model(settings.model, tokenizer)
+    prepared = stages.prepare(settings, splits)
+    model = stages.init_model(prepared)
     train = dataclasses.replace(settings.train, max_steps=steps, save_model=False, logging_steps=steps)
     with tempfile.TemporaryDirectory(prefix="sft_sweeps_calibrate_") as scratch:
-        trainer = build_trainer(model, tokenizer, dataset, train, settings.seed, output_dir=scratch)
+        trainer = stages.make_trainer(prepared, model, scratch, train_settings=train)
         clock = StepClock(trainer)
         trainer.add_callback(clock)
         start = time.perf_counter()
@@ -115,7 +114,7 @@ def calibrate(settings: Config, steps: int, warmup: int, with_eval: bool = False
         trainer.train()
         train_s = time.perf_counter() - start
     (t0, n0), (t1, n1) = clock.marks[warmup - 1], clock.marks[-1]
-    stats_dict = stats.to_dict()
+    stats_dict = prepared.masking_stats.to_dict()
     record: dict[str, Any] = {
         "tokens_per_s": (n1 - n0) / (t1 - t0),
         "mean_tokens_per_sample": stats_dict["tokens"] / max(1, stats_dict["samples"]),
@@ -130,23 +129,13 @@ def calibrate(settings: Config, steps: int, warmup: int, with_eval: bool = False
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if with_eval:
-        record.update(_time_evaluation(trainer.model, tokenizer, splits, settings))
+        eval_start = time.perf_counter()
+        stages.score(
+            trainer.model, prepared.tokenizer, splits, settings, job.optimized_metric, progress=False
+        )
+        record["eval_wall_s"] = round(time.perf_counter() - eval_start, 2)
+        record["eval_benchmarks"] = list(settings.eval.benchmarks)
     return record
-
-
-def _time_evaluation(model: Any, tokenizer: Any, splits: Any, settings: Config) -> dict[str, Any]:
-    from sft_sweeps.evaluation.benchmarks import EvalContext, run_benchmarks
-    from sft_sweeps.pipeline import model_window
-
-    model.eval()
-    start = time.perf_counter()
-    run_benchmarks(
-        EvalContext(model, tokenizer, splits, settings, model_window(model, settings), progress=False)
-    )
-    return {
-        "eval_wall_s": round(time.perf_counter() - start, 2),
-        "eval_benchmarks": list(settings.eval.benchmarks),
-    }
 
 
 def compose(overrides: list[str]) -> Any:
@@ -179,12 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup < 1 or args.steps <= args.warmup:
         parser.error("need --warmup >= 1 and --steps > --warmup")
     with errors_reported(ConfigError, FileNotFoundError):
-        settings = validate(compose(overrides))
-        if args.eval:
-            from sft_sweeps.pipeline import check_before_work
-
-            check_before_work(settings)
-        record = calibrate(settings, args.steps, args.warmup, args.eval)
+        job = make_job(compose(overrides), evaluation=args.eval)
+        record = calibrate(job, args.steps, args.warmup, args.eval)
     record["overrides"] = overrides
     out = Path(args.out) if args.out else calibration_path()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,13 +25,6 @@ def _check(ok: bool, key: str, message: str, value: Any) -> None:
         raise ConfigError(f"{key} {message}, got {value!r}")
 
 
-def strategy_names() -> tuple[str, ...]:
-    """The masking strategies, as registered in `sft_sweeps.masking.strategies` (`masking.name` values)."""
-    from sft_sweeps.masking.strategies import STRATEGIES  # the registry imports nothing heavy
-
-    return tuple(STRATEGIES)
-
-
 class TurnSchedule(enum.StrEnum):
     constant = "constant"
     decay = "decay"  # weight turn_decay**k for the assistant turn k places before the last
@@ -60,7 +53,8 @@ class MaskingConfig:
     other edit there.
     """
 
-    # A strategy of sft_sweeps.masking.strategies: full | last | all | weighted (or one you register).
+    # A strategy of sft_sweeps.masking.strategies: full | last | all | weighted (or one you register);
+    # checked against that registry by `sft_sweeps.job.make_job` (the config does not import the masking).
     name: str = "all"
     # Weight of system, user and tool tokens; papers find 0.01-0.5 can beat 0 and 1.
     prompt_weight: float = masking_param(0.0, "pw", ("weighted",), always_labelled=("weighted",))
@@ -74,7 +68,6 @@ class MaskingConfig:
 
     def __post_init__(self) -> None:
         self.turn_schedule = TurnSchedule(self.turn_schedule)
-        _check(self.name in strategy_names(), "masking.name", f"must be one of {strategy_names()}", self.name)
         _check(
             0.0 <= self.prompt_weight <= 1.0, "masking.prompt_weight", "must be in [0, 1]", self.prompt_weight
         )
@@ -387,12 +380,57 @@ class JudgeConfig:
 
 
 @dataclass
+class AgentConfig:
+    """Tool use with the model's own calls executed (`eval.benchmarks=[...,agent]`).
+
+    Read by `sft_sweeps.evaluation.agent`; every field is documented there.
+    """
+
+    # Generation budget of one assistant message: a tool call in JSON is longer than a short answer.
+    max_new_tokens: int = 96
+    # Assistant messages per user turn before the rollout moves on (a model that keeps calling tools).
+    max_steps: int = 6
+    # Text that opens a tool result in the chat template: written by the model itself, it is a fabricated
+    # result (Qwen/Hermes `<tool_response>`, Llama 3.1's `ipython` header).
+    result_markers: list[str] = field(
+        default_factory=lambda: ["<tool_response>", "<|start_header_id|>ipython"]
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens > 0, "eval.agent.max_new_tokens", "must be positive", self.max_new_tokens)
+        _check(self.max_steps > 0, "eval.agent.max_steps", "must be positive", self.max_steps)
+        _check(
+            bool(self.result_markers), "eval.agent.result_markers", "must not be empty", self.result_markers
+        )
+
+
+@dataclass
+class HeldOutConfig:
+    """Your held-out turns answered and scored (`eval.benchmarks=[heldout,...]`).
+
+    Read by `sft_sweeps.evaluation.heldout`; every field is documented there.
+    """
+
+    # How one answer is scored against the reference: exact | contains | rouge_l | chrf.
+    metric: str = "rouge_l"
+    # Generation budget of one answer.
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        metrics = ("exact", "contains", "rouge_l", "chrf")  # sft_sweeps.evaluation.heldout.SCORERS
+        _check(self.metric in metrics, "eval.heldout.metric", f"must be one of {metrics}", self.metric)
+        _check(
+            self.max_new_tokens > 0, "eval.heldout.max_new_tokens", "must be positive", self.max_new_tokens
+        )
+
+
+@dataclass
 class EvalConfig:
     """Held-out multi-turn evaluation (`conf/eval/*.yaml`)."""
 
     name: str = "default"
-    # Which benchmarks score every run (sft_sweeps.evaluation.BENCHMARKS): synthetic, nll, multi_if, judge,
-    # lm_eval. Each lands in result.json and W&B under `<benchmark>/`.
+    # Which benchmarks score every run (sft_sweeps.evaluation.BENCHMARKS): synthetic, nll, heldout, agent,
+    # multi_if, judge, lm_eval. Each lands in result.json and W&B under `<benchmark>/`.
     benchmarks: list[str] = field(default_factory=lambda: ["synthetic", "nll"])
     # Conversations of the test split scored; null scores all of them.
     max_conversations: int | None = 200
@@ -408,6 +446,8 @@ class EvalConfig:
     model_path: str | None = None
     multi_if: MultiIFConfig = field(default_factory=MultiIFConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    heldout: HeldOutConfig = field(default_factory=HeldOutConfig)
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "eval.batch_size", "must be positive", self.batch_size)

@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sft_sweeps.config import MaskingConfig
+from sft_sweeps.config import AgentConfig, HeldOutConfig, MaskingConfig
 from sft_sweeps.metrics import canonical_key
 
 # Keys that change how a run is observed, not what it computes: left out of the config hash.
@@ -50,9 +50,33 @@ def as_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return dict(cfg)
 
 
+# Config keys added after runs were recorded (dotted path -> its default): left out of a config while at
+# their default, so a record written before them keeps its config hash (resume skips it), its setting and
+# its place in the report: it computed the same thing. Set away from the default, a key counts like any.
+ADDED_KEYS: dict[str, Any] = {
+    "eval.agent": dataclasses.asdict(AgentConfig()),
+    "eval.heldout": dataclasses.asdict(HeldOutConfig()),
+}
+
+
+def comparable_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config without the `ADDED_KEYS` that sit at their default: what hashes and the report's
+    settings compare, so records from before a key existed compare equal to those written after."""
+    out = json.loads(json.dumps(dict(resolved), default=str))  # a deep copy
+    for path, default in ADDED_KEYS.items():
+        *parents, last = path.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node and node[last] == default:
+            del node[last]
+    return out
+
+
 def config_digest(resolved: Mapping[str, Any], drop: tuple[str, ...], length: int) -> str:
-    """First `length` hex digits of sha256 over a resolved config's JSON, top-level `drop` keys left out."""
-    kept = {key: value for key, value in resolved.items() if key not in drop}
+    """First `length` hex digits of sha256 over a resolved config's JSON, top-level `drop` keys and
+    `ADDED_KEYS` at their default left out."""
+    kept = {key: value for key, value in comparable_config(resolved).items() if key not in drop}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 

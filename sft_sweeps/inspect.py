@@ -24,8 +24,9 @@ from rich.console import Console
 from rich.text import Text
 
 from sft_sweeps.cli import errors_reported
-from sft_sweeps.config import Config, MaskingConfig, register_configs, strategy_names, validate
+from sft_sweeps.config import Config, MaskingConfig, register_configs, validate
 from sft_sweeps.masking import KIND_NAMES, Annotator, Conversation, assistant_turns, sample_weights
+from sft_sweeps.masking.strategies import check_strategy, strategy_names
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -140,6 +141,7 @@ def show(samples: list[dict[str, Any]], console: Console) -> None:
 def run(cfg: DictConfig, console: Console | None = None) -> list[dict[str, Any]]:
     """Inspect a composed config: print rich or JSON (per `inspect.format`) and return the samples."""
     settings = validate(cfg)
+    check_strategy(settings.masking.name)
     samples = collect(settings)
     if settings.inspect.format == "json":
         print(json.dumps(samples, ensure_ascii=False))

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -115,6 +116,99 @@ _DECLARED = (
     _count("num_cut_tokens", "nll", "assistant tokens beyond the window, not scored"),
     _count("num_windowed_turns", "nll", "turns scored in a window shorter than their history"),
     _count("num_nll_conversations", "nll", "conversations scored"),
+    # heldout: the dataset's own held-out assistant turns, generated and scored (evaluation/heldout.py).
+    Metric(
+        "heldout_score",
+        "heldout",
+        True,
+        "held-out",
+        "held-out assistant turns scored against the reference (eval.heldout.metric), reference history",
+        item_field="score",
+        headline=True,
+    ),
+    Metric(
+        "own_heldout_score",
+        "heldout",
+        True,
+        "own held-out",
+        "held-out assistant turns scored against the reference, the model's own earlier answers as history",
+        item_field="own_score",
+        headline=True,
+    ),
+    _count("num_heldout_turns", "heldout", "held-out assistant turns scored"),
+    _count("num_heldout_conversations", "heldout", "held-out conversations scored"),
+    # agent: tool use (sft_sweeps.evaluation.agent): gold history per reference step, own history per user
+    # turn.
+    Metric(
+        "step_exact_match",
+        "agent",
+        True,
+        "step EM",
+        "assistant steps right (the reference calls, or the reference answer), reference history before each",
+        item_field="correct",
+        headline=True,
+    ),
+    Metric(
+        "tool_call_exact_match",
+        "agent",
+        True,
+        "call EM",
+        "steps that should call tools, calling exactly them (names, JSON-equal arguments), reference history",
+        item_field="call_correct",
+    ),
+    Metric(
+        "answer_exact_match",
+        "agent",
+        True,
+        "answer EM",
+        "final answers right after the tool results, reference history",
+        item_field="answer_correct",
+    ),
+    Metric(
+        "tool_call_validity",
+        "agent",
+        True,
+        "valid call",
+        "messages attempting a call whose calls parse, name a declared tool and give its required arguments",
+        item_field="valid_call",
+    ),
+    Metric(
+        "fabricated_result_rate",
+        "agent",
+        False,
+        "fabricated",
+        "messages in which the model writes tool-result markup itself instead of ending (reference history)",
+        item_field="fabricated",
+        headline=True,
+    ),
+    Metric(
+        "own_turn_success",
+        "agent",
+        True,
+        "own turn",
+        "user turns with exactly the reference calls, then the reference answer; the model's own history",
+        item_field="own_correct",
+    ),
+    Metric(
+        "task_success",
+        "agent",
+        True,
+        "task",
+        "conversations with every user turn right (calls and answer), own history and own tool results",
+        item_field="own_correct",
+        level="conversation",
+        headline=True,
+    ),
+    Metric(
+        "own_fabricated_result_rate",
+        "agent",
+        False,
+        "own fabricated",
+        "messages with a fabricated tool result, the model's own history",
+    ),
+    _count("num_agent_conversations", "agent", "trajectories with tool calls scored"),
+    _count("num_agent_steps", "agent", "reference assistant steps scored"),
+    _count("num_own_messages", "agent", "assistant messages generated with the model's own history"),
     # multi_if: multi-turn instruction following (sft_sweeps.evaluation.multi_if), own history.
     Metric(
         "if_prompt_strict",
@@ -188,7 +282,8 @@ METRICS: dict[str, Metric] = {}
 
 
 def register(metric: Metric) -> Metric:
-    """Declare a metric (a benchmark module calls this for its own). Raises ValueError on a clash."""
+    """Add a metric of `_DECLARED` to `METRICS` (every metric is declared above, never in a benchmark's
+    module: the report reads them without importing any benchmark). Raises ValueError on a clash."""
     known = METRICS.get(metric.name)
     if known is not None and known != metric:
         raise ValueError(f"metric {metric.name!r} is declared twice: {known} and {metric}")
@@ -277,3 +372,24 @@ def canonical_key(key: str) -> str:
         return key
     benchmarks = {m.benchmark for m in METRICS.values()}
     return key if key.split("/", 1)[0] in benchmarks else f"{metric.benchmark}/{key}"
+
+
+def exact_match(prediction: str, gold: str) -> bool:
+    """The one exact-match rule (the synthetic tasks, the agent task, the lm-eval tasks): equal after
+    stripping surrounding whitespace; special tokens stay in the prediction, so running on into a new turn
+    is wrong."""
+    return prediction.strip() == gold.strip()
+
+
+def arrow(key: str) -> str:
+    """The direction of a metric as an arrow beside its name: ↓ lower is better, ↑ higher is better."""
+    return "↓" if lower_is_better(key) else "↑"
+
+
+def fmt(value: float | None, digits: int = 3, dash: str = "—") -> str:
+    """A metric value as every table shows it: fixed point, `digits` places, never `-0.000`; `dash` for
+    a missing value."""
+    if value is None:
+        return dash
+    text = f"{value:.{digits}f}"
+    return text[1:] if re.fullmatch(r"-0\.0*", text) else text

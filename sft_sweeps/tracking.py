@@ -111,7 +111,7 @@ class Tracker:
         return _make_callback(self)
 
 
-def make_tracker(cfg: DictConfig, run_dir: str, run_id: str | None = None) -> Tracker:
+def make_tracker(cfg: DictConfig | Mapping[str, Any], run_dir: str, run_id: str | None = None) -> Tracker:
     """Start tracking one run as `cfg.logger` says.
 
     `logger.backend=none` (or `logger.mode=disabled`) gives a tracker that does nothing. Otherwise a W&B
@@ -119,17 +119,18 @@ def make_tracker(cfg: DictConfig, run_dir: str, run_id: str | None = None) -> Tr
     `<run_dir>/wandb/`; sync it later with `wandb sync`).
 
     Args:
-        cfg: the full resolved config.
+        cfg: the full config (a job's resolved dict, `Job.config`, or a composed DictConfig).
         run_dir: the run's output folder.
         run_id: a W&B id to resume (from a previous result.json), or None for a new run.
 
     Returns:
         The tracker; call `finish` when the run ends.
     """
-    logger_cfg = cfg.logger
-    if logger_cfg.backend == "none" or logger_cfg.mode == "disabled":
+    cfg = _as_dict(cfg)
+    logger_cfg = cfg["logger"]
+    if logger_cfg["backend"] == "none" or logger_cfg["mode"] == "disabled":
         return Tracker(None)
-    if logger_cfg.mode == "offline":
+    if logger_cfg["mode"] == "offline":
         # wandb's error reporting resolves its collector's host name even offline; this is the only
         # network access an offline run attempts (checked with strace on wandb 0.31).
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
@@ -137,11 +138,11 @@ def make_tracker(cfg: DictConfig, run_dir: str, run_id: str | None = None) -> Tr
 
     os.makedirs(run_dir, exist_ok=True)
     run = wandb.init(
-        mode=logger_cfg.mode,
-        project=logger_cfg.project,
-        entity=logger_cfg.entity,
+        mode=logger_cfg["mode"],
+        project=logger_cfg["project"],
+        entity=logger_cfg["entity"],
         dir=run_dir,
-        config={**_as_dict(cfg), "strategy": masking_label(cfg.masking)},  # W&B groups by config keys
+        config={**cfg, "strategy": masking_label(cfg["masking"])},  # W&B groups by config keys
         group=run_group(cfg),
         name=run_name(cfg),
         tags=run_tags(cfg),

@@ -53,11 +53,13 @@ def test_unknown_strategy_option_is_refused() -> None:
 
 
 def test_unknown_strategy_name_is_refused() -> None:
-    """Strategies are a registry (sft_sweeps.masking.strategies), checked when the config is validated."""
+    """Strategies are a registry (sft_sweeps.masking.strategies), checked when the job is made."""
+    from sft_sweeps.job import make_job
+
     with pytest.raises(
         ConfigError, match=r"masking.name must be one of \('full', 'last', 'all', 'weighted'\)"
     ):
-        validate(compose_config(["masking.name=foo"]))
+        make_job(compose_config(["masking.name=foo"]))
 
 
 @pytest.mark.parametrize(

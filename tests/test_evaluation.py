@@ -284,11 +284,19 @@ def test_evaluate_app_scores_a_saved_model_on_the_pipeline_test_split(tok, tmp_p
     overfit_llama(tok, test[:2]).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     record = run_evaluation(cfg, tmp_path)
-    assert record["metrics"]["synthetic/turn_exact_match"] == 1.0
-    assert record["metrics"]["synthetic/conversation_success"] == 1.0
-    assert {item["id"] for item in record["eval_items"]["synthetic"]} == {test[0]["id"], test[1]["id"]}
-    assert {item["id"] for item in record["eval_items"]["nll"]} == {test[0]["id"], test[1]["id"]}
-    assert json.loads((tmp_path / RESULT_NAME).read_text())["metrics"] == record["metrics"]
+    assert record.status == "done"
+    assert record.metrics["synthetic/turn_exact_match"] == 1.0
+    assert record.metrics["synthetic/conversation_success"] == 1.0
+    assert {item["id"] for item in record.eval_items["synthetic"]} == {test[0]["id"], test[1]["id"]}
+    assert {item["id"] for item in record.eval_items["nll"]} == {test[0]["id"], test[1]["id"]}
+    assert json.loads((tmp_path / RESULT_NAME).read_text())["metrics"] == record.metrics
+    # A RunRecord the report reads beside training runs.
+    from sft_sweeps.report import load_records
+    from sft_sweeps.report.analysis import analyze
+
+    (read,) = load_records(str(tmp_path))
+    assert read.metrics == record.metrics and read.status == "done"
+    assert analyze([read]).hygiene.done == 1
 
 
 def test_evaluate_app_needs_a_model_dir(tmp_path):

@@ -14,7 +14,7 @@ from sft_sweeps.config import EvalConfig
 from sft_sweeps.evaluation import evaluate, prompt_ids, run_lm_eval
 from sft_sweeps.lm_eval_tasks import DATA_DIR, TASKS_DIR
 from sft_sweeps.lm_eval_tasks.build_data import build
-from sft_sweeps.tasks import TASKS, make_splits
+from sft_sweeps.tasks import TEXT_TASKS, make_splits
 from sft_sweeps.tokenizer import build_embedded_tokenizer
 from tests.conftest import compose_config
 from tests.test_evaluation import one_thread, overfit_llama, tiny_llama  # noqa: F401  (one_thread: autouse fixture)
@@ -22,7 +22,7 @@ from tests.test_evaluation import one_thread, overfit_llama, tiny_llama  # noqa:
 pytest.importorskip("lm_eval")
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-TASK_NAMES = [f"sft_sweeps_{name}" for name in sorted(TASKS)]
+TASK_NAMES = [f"sft_sweeps_{name}" for name in sorted(TEXT_TASKS)]
 
 
 def read_data(name: str) -> list[dict]:
@@ -44,7 +44,7 @@ def test_every_task_and_the_group_are_indexed():
     assert set(manager.all_tasks) == {*TASK_NAMES, "sft_sweeps_suite"}
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(TEXT_TASKS))
 def test_docs_are_the_assistant_turns_of_the_data_file(name):
     docs = list(load_task(f"sft_sweeps_{name}").test_docs())
     expected = [
@@ -83,7 +83,7 @@ def test_process_results_is_exact_match_up_to_whitespace():
     assert task.process_results(doc, [doc["answer"] + " a=1"]) == {"exact_match": 0.0}
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(TEXT_TASKS))
 def test_data_files_are_up_to_date(name):
     """Fails after a task's generator changes: rerun `python -m sft_sweeps.lm_eval_tasks.build_data`."""
     assert (DATA_DIR / f"{name}.jsonl").read_text(encoding="utf-8") == build(name)

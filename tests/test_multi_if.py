@@ -19,11 +19,11 @@ from sft_sweeps.evaluation.benchmarks import (
     run_benchmarks,
 )
 from sft_sweeps.evaluation.multi_if import aggregate, check_response, ifeval_registry, load_items
+from sft_sweeps.evaluation.multi_if_build import build_builtin, write_jsonl
 from sft_sweeps.evaluation.multi_if_data import (
     BUILTIN_VERSION,
     EXCLUDED_IDS,
     MultiIFDataError,
-    build_builtin,
     read_builtin,
     read_hub,
     read_local,
@@ -258,8 +258,6 @@ def test_builtin_set_is_versioned_accumulating_and_conflict_free() -> None:
 
 def test_rebuild_equals_the_shipped_file(tmp_path) -> None:
     out = tmp_path / "rebuilt.jsonl"
-    from sft_sweeps.evaluation.multi_if_data import write_jsonl
-
     write_jsonl(build_builtin(), out)
     assert out.read_bytes() == BUILTIN_PATH.read_bytes()
 

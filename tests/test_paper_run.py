@@ -18,7 +18,7 @@ from sft_sweeps.callbacks import sweep_estimate_text
 from sft_sweeps.config import register_configs, validate
 from sft_sweeps.estimate import estimate_job, format_estimate, sweep_jobs
 from sft_sweeps.identity import masking_label
-from sft_sweeps.pipeline import check_before_work
+from sft_sweeps.job import make_job
 from tests.conftest import CONF_DIR, TINY_OVERRIDES
 
 ROOT = Path(CONF_DIR).parent
@@ -69,7 +69,7 @@ def test_paper_run_composes_into_15_valid_jobs(hydra_dir) -> None:
         assert list(s.eval.benchmarks) == ["nll", "multi_if"]
         assert s.optimized_metric == "multi_if/if_prompt_strict" and s.sweep_name == "paper_run"
     # The benchmarks can run (builtin Multi-IF, offline) and the optimized metric is one of theirs.
-    check_before_work(settings[0])
+    assert make_job(configs[0]).optimized_metric == "multi_if/if_prompt_strict"
     assert cfg.hydra.callbacks.paper_report._target_ == "sft_sweeps.callbacks.WriteReport"
     assert cfg.hydra.callbacks.paper_report.out_dir == "reports/paper_run"
     assert "sweep_estimate" in cfg.hydra.callbacks

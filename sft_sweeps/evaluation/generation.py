@@ -5,6 +5,12 @@ Every benchmark generates through one dispatch point, `generate_turns`, which pi
 (`generate_vllm`: the saved model served by vLLM on the GPU, imported only when asked). Both return the
 same `Generation` objects, prompts left-cut to the window the same way.
 
+Every own-history evaluation plays its conversations through one loop, `rollout`: per depth, the
+conversations still going, each one's history with the model's own earlier answers (an `Episode` says
+what comes next: the next user turn, a tool's result, or the end), one batched `generate_turns` call.
+`Replay` replays a list of user turns (Multi-IF, the judge's questions); `OwnHistory` replays a reference
+conversation with the model's answers in its assistant slots (the synthetic tasks).
+
 Example:
     >>> ids = prompt_ids(tokenizer, [[{"role": "user", "content": "a=1"}]])  # doctest: +SKIP
     >>> generate(model, tokenizer, ids, batch_size=64, max_new_tokens=32)[0].text  # doctest: +SKIP
@@ -14,10 +20,10 @@ Example:
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -45,13 +51,31 @@ class Generation:
     prompt_cut: int = 0
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, histories: list[list[dict]]) -> list[list[int]]:
-    """Token ids of each history rendered by the chat template, ending with the assistant header."""
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    histories: list[list[dict]],
+    tools: Sequence[list[dict] | None] | None = None,
+) -> list[list[int]]:
+    """Token ids of each history rendered by the chat template, ending with the assistant header.
+
+    Args:
+        tokenizer: its chat template renders the histories.
+        histories: message lists.
+        tools: per history, the tool schemas the template declares (`tools=`), or None for none.
+    """
     if not histories:
         return []
-    return tokenizer.apply_chat_template(
-        histories, add_generation_prompt=True, tokenize=True, return_dict=False
-    )
+    if tools is None or all(t is None for t in tools):
+        return tokenizer.apply_chat_template(
+            histories, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    # Each conversation declares its own tools: one template call each.
+    return [
+        tokenizer.apply_chat_template(
+            history, tools=t, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        for history, t in zip(histories, tools, strict=True)
+    ]
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -273,3 +297,131 @@ def _cut(new_ids: list[int], stops: list[int], tokenizer: PreTrainedTokenizerBas
 def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     # Special tokens stay in the text: an answer running on into `<|im_start|>user` must not read as correct.
     return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+# --------------------------------------------------------------------------------------- own-history rollout
+
+
+class Episode(Protocol):
+    """One conversation the model plays turn by turn, with its own earlier answers as history.
+
+    Attributes:
+        tools: the tool schemas its chat template declares, or None.
+    """
+
+    tools: list[dict] | None
+
+    def history(self, depth: int, answers: list[Generation]) -> list[dict] | None:
+        """The messages the model answers at `depth` (0-based), given its answers at depths 0..depth-1;
+        None when the conversation is over. Where the next message comes from (a user turn replayed, a
+        tool's result computed from the model's call) is the episode's business."""
+
+
+@dataclass
+class Replay:
+    """User turns replayed one by one, each answered with the model's own history.
+
+    Attributes:
+        turns: the user messages, in order.
+        system: an optional system message put first.
+    """
+
+    turns: list[str]
+    system: str | None = None
+    tools: list[dict] | None = None
+
+    def history(self, depth: int, answers: list[Generation]) -> list[dict] | None:
+        if depth >= len(self.turns):
+            return None
+        history = [{"role": "system", "content": self.system}] if self.system is not None else []
+        for t in range(depth):
+            history += [
+                {"role": "user", "content": self.turns[t]},
+                {"role": "assistant", "content": answers[t].text},
+            ]
+        return history + [{"role": "user", "content": self.turns[depth]}]
+
+
+@dataclass
+class OwnHistory:
+    """A reference conversation whose assistant messages the model answers, its own answers standing in
+    for the reference ones in the history.
+
+    Attributes:
+        messages: the reference conversation.
+        turns: index in `messages` of each assistant message to answer.
+    """
+
+    messages: list[dict]
+    turns: list[int]
+    tools: list[dict] | None = None
+
+    def history(self, depth: int, answers: list[Generation]) -> list[dict] | None:
+        if depth >= len(self.turns):
+            return None
+        history = [dict(m) for m in self.messages[: self.turns[depth]]]
+        for t, message_index in enumerate(self.turns[:depth]):
+            history[message_index]["content"] = answers[t].text
+        return history
+
+
+# Returns a generation already made for the same prompt ids (greedy decoding of the same ids gives the same
+# answer), or None: (episode index, depth, prompt ids) -> Generation | None.
+Reuse = Callable[[int, int, list[int]], "Generation | None"]
+
+
+def rollout(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    episodes: Sequence[Episode],
+    batch_size: int,
+    max_new_tokens: int,
+    window: int | None = None,
+    backend: GenerationBackend | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    reuse: Reuse | None = None,
+) -> list[list[Generation]]:
+    """Play every episode turn by turn with the model's own answers; all episodes batched per depth.
+
+    Per depth: the episodes still going give their histories, rendered with their tools; `reuse` may
+    answer some from earlier work; the rest are generated in one `generate_turns` call (batched,
+    left-cut to `window` with the cut counted in each `Generation.prompt_cut`).
+
+    Args:
+        model, tokenizer, batch_size, max_new_tokens, window, backend: as for `generate_turns`.
+        episodes: the conversations to play.
+        on_batch: progress, called with the number of answers produced (reused ones included).
+        reuse: answers known in advance, e.g. a gold-history generation for an identical prompt.
+
+    Returns:
+        `answers[i][d]`: episode i's answer at depth d (as many as the episode asked for).
+    """
+    answers: list[list[Generation]] = [[] for _ in episodes]
+    depth = 0
+    while True:
+        active, histories = [], []
+        for i, episode in enumerate(episodes):
+            if len(answers[i]) < depth:  # finished at an earlier depth
+                continue
+            history = episode.history(depth, answers[i])
+            if history is not None:
+                active.append(i)
+                histories.append(history)
+        if not active:
+            return answers
+        prompts = prompt_ids(tokenizer, histories, [getattr(episodes[i], "tools", None) for i in active])
+        todo = []
+        for i, prompt in zip(active, prompts, strict=True):
+            known = reuse(i, depth, prompt) if reuse is not None else None
+            if known is not None:
+                answers[i].append(known)
+            else:
+                todo.append((i, prompt))
+        if on_batch is not None and len(todo) < len(active):
+            on_batch(len(active) - len(todo))
+        outputs = generate_turns(
+            model, tokenizer, [p for _, p in todo], batch_size, max_new_tokens, on_batch, window, backend
+        )
+        for (i, _), output in zip(todo, outputs, strict=True):
+            answers[i].append(output)
+        depth += 1

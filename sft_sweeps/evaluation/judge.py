@@ -59,7 +59,7 @@ from sft_sweeps.record import write_json_atomic
 
 if TYPE_CHECKING:
     from sft_sweeps.config import Config, JudgeConfig
-    from sft_sweeps.evaluation.benchmarks import BenchmarkResult, EvalContext
+    from sft_sweeps.evaluation.base import BenchmarkResult, EvalContext
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class JudgeBenchmark:
     name = "judge"
 
     def check(self, settings: Config) -> None:
-        from sft_sweeps.evaluation.benchmarks import BenchmarkUnavailable
+        from sft_sweeps.evaluation.base import BenchmarkUnavailable
 
         cfg = settings.eval.judge
         for key in ("base_url", "model"):
@@ -158,7 +158,7 @@ class JudgeBenchmark:
             raise BenchmarkUnavailable(str(e)) from e
 
     def run(self, context: EvalContext) -> BenchmarkResult:
-        from sft_sweeps.evaluation.benchmarks import BenchmarkResult
+        from sft_sweeps.evaluation.base import BenchmarkResult
 
         cfg = context.settings.eval.judge
         prompts = load_prompts(cfg.prompts)
@@ -265,43 +265,23 @@ def _strings(value: Any) -> bool:
 
 
 def answer_questions(context: EvalContext, questions: list[Question], max_new_tokens: int) -> list[list[Any]]:
-    """The model's answers, turn by turn with its own history; all questions batched per depth.
+    """The model's answers, turn by turn with its own history; all questions batched per depth (the
+    shared `generation.rollout`).
 
     Returns:
         `answers[q][t]`: the `Generation` of question q's turn t+1.
     """
-    from sft_sweeps.evaluation.generation import generate_turns, prompt_ids
+    from sft_sweeps.evaluation.generation import Replay, rollout
 
-    answers: list[list[Any]] = [[] for _ in questions]
-    depth = 0
-    while True:
-        active = [qi for qi, q in enumerate(questions) if depth < len(q.turns)]
-        if not active:
-            return answers
-        histories = [_history(questions[qi], answers[qi], depth) for qi in active]
-        outputs = generate_turns(
-            context.model,
-            context.tokenizer,
-            prompt_ids(context.tokenizer, histories),
-            context.settings.eval.batch_size,
-            max_new_tokens,
-            None,
-            context.window,
-            context.generation_backend,
-        )
-        for qi, output in zip(active, outputs, strict=True):
-            answers[qi].append(output)
-        depth += 1
-
-
-def _history(question: Question, answers: list[Any], depth: int) -> list[dict[str, str]]:
-    history = [{"role": "system", "content": question.system}] if question.system is not None else []
-    for t in range(depth):
-        history += [
-            {"role": "user", "content": question.turns[t]},
-            {"role": "assistant", "content": answers[t].text},
-        ]
-    return history + [{"role": "user", "content": question.turns[depth]}]
+    return rollout(
+        context.model,
+        context.tokenizer,
+        [Replay(q.turns, q.system) for q in questions],
+        context.settings.eval.batch_size,
+        max_new_tokens,
+        context.window,
+        context.generation_backend,
+    )
 
 
 # --- prompts ---------------------------------------------------------------------------------------------

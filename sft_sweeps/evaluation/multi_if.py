@@ -63,12 +63,12 @@ from sft_sweeps.evaluation.multi_if_data import (
 )
 
 if TYPE_CHECKING:
-    from sft_sweeps.evaluation.benchmarks import BenchmarkResult, EvalContext
+    from sft_sweeps.evaluation.base import BenchmarkResult, EvalContext
 
 
 def _unavailable(message: str) -> Exception:
-    # Imported here: `benchmarks` imports this module to register the benchmark.
-    from sft_sweeps.evaluation.benchmarks import BenchmarkUnavailable
+    # Imported here: the base pulls in torch (generation), which loading the checkers does not need.
+    from sft_sweeps.evaluation.base import BenchmarkUnavailable
 
     return BenchmarkUnavailable(message)
 
@@ -234,32 +234,18 @@ def generate_own_history(
     on_batch: Callable[[int], None] | None = None,
     backend: Any = None,
 ) -> dict[tuple[int, int], Any]:
-    """Answer every turn with the model's own earlier answers as history, all items batched per turn.
-
-    `backend` (a `generation.GenerationBackend`, None: hf) picks the generation engine.
+    """Answer every turn with the model's own earlier answers as history, all items batched per turn
+    (the shared `generation.rollout`). `backend` (a `generation.GenerationBackend`, None: hf) picks the
+    generation engine.
 
     Returns:
         (item index, turn index) -> `Generation`.
     """
-    from sft_sweeps.evaluation.generation import generate_turns, prompt_ids
+    from sft_sweeps.evaluation.generation import Replay, rollout
 
-    answers: dict[tuple[int, int], Any] = {}
-    for depth in range(max((len(item.turns) for item in items), default=0)):
-        active = [i for i, item in enumerate(items) if depth < len(item.turns)]
-        histories = []
-        for i in active:
-            history = []
-            for t in range(depth):
-                history.append({"role": "user", "content": items[i].turns[t].prompt})
-                history.append({"role": "assistant", "content": answers[(i, t)].text})
-            history.append({"role": "user", "content": items[i].turns[depth].prompt})
-            histories.append(history)
-        prompts = prompt_ids(tokenizer, histories)
-        outputs = generate_turns(
-            model, tokenizer, prompts, batch_size, max_new_tokens, on_batch, window, backend
-        )
-        answers.update({(i, depth): out for i, out in zip(active, outputs, strict=True)})
-    return answers
+    episodes = [Replay([turn.prompt for turn in item.turns]) for item in items]
+    answers = rollout(model, tokenizer, episodes, batch_size, max_new_tokens, window, backend, on_batch)
+    return {(i, t): answer for i, item_answers in enumerate(answers) for t, answer in enumerate(item_answers)}
 
 
 # -------------------------------------------------------------------------------------------- scoring
@@ -345,7 +331,7 @@ class MultiIFBenchmark:
     def run(self, context: EvalContext) -> BenchmarkResult:
         from rich.progress import Progress
 
-        from sft_sweeps.evaluation.benchmarks import BenchmarkResult
+        from sft_sweeps.evaluation.base import BenchmarkResult
 
         cfg = context.settings.eval.multi_if
         items, info = load_items(cfg)

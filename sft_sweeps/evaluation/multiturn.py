@@ -36,12 +36,15 @@ from sft_sweeps.data.validate import check_messages
 from sft_sweeps.evaluation.generation import (
     Generation,
     GenerationBackend,
+    OwnHistory,
     generate_turns,
     prompt_ids,
+    rollout,
     stop_token_ids,
 )
 from sft_sweeps.evaluation.nll import assistant_spans, windowed_turn_nlls
-from sft_sweeps.tasks import TASKS
+from sft_sweeps.metrics import exact_match
+from sft_sweeps.tasks import TEXT_TASKS
 
 
 @dataclass
@@ -143,25 +146,9 @@ def evaluate_synthetic(
     `task`, `turn`, `gold`, `correct`, `stopped`, `prediction`, `own_correct`, `own_prediction`, `prompt_cut`.
     """
     convs = [c for c in _parse_all(conversations, cfg) if c.task is not None]
-    gold_prompts = _turn_prompts(tokenizer, convs)
-    with Progress(disable=not progress, transient=True) as bars:
-        gen_bar = bars.add_task("generate (gold history)", total=sum(len(c.turns) for c in convs))
-        flat = [(ci, t) for ci, c in enumerate(convs) for t in range(len(c.turns))]
-        outputs = generate_turns(
-            model,
-            tokenizer,
-            [gold_prompts[ci][t] for ci, t in flat],
-            cfg.batch_size,
-            cfg.max_new_tokens,
-            _advance(bars, gen_bar),
-            window,
-            backend,
-        )
-        gold_gen = dict(zip(flat, outputs, strict=True))
-        own_bar = bars.add_task("generate (own history)", total=len(flat))
-        own_gen = _own_history(
-            model, tokenizer, convs, gold_prompts, gold_gen, cfg, _advance(bars, own_bar), window, backend
-        )
+    gold_gen, own_gen = answer_every_turn(
+        model, tokenizer, convs, cfg.batch_size, cfg.max_new_tokens, progress, window, backend
+    )
     items = []
     for ci, c in enumerate(convs):
         for t, message_index in enumerate(c.turns):
@@ -245,10 +232,53 @@ def evaluate_nll(
     return EvalResult(metrics=metrics, by_depth=by_depth, items=items)
 
 
-def exact_match(prediction: str, gold: str) -> bool:
-    """The one exact-match rule (here and in the lm-eval tasks): equal after stripping surrounding
-    whitespace; special tokens stay in the prediction, so running on into a new turn is wrong."""
-    return prediction.strip() == gold.strip()
+def answer_every_turn(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    convs: list[_Conversation],
+    batch_size: int,
+    max_new_tokens: int,
+    progress: bool,
+    window: int | None,
+    backend: GenerationBackend | None,
+) -> tuple[dict[tuple[int, int], Generation], dict[tuple[int, int], Generation]]:
+    """Every assistant turn of every conversation answered twice: with the reference history (one batched
+    pass over all turns) and with the model's own earlier answers (`rollout`).
+
+    Returns:
+        gold-history and own-history answers, each keyed by (conversation index, turn index).
+    """
+    gold_prompts = _turn_prompts(tokenizer, convs)
+    with Progress(disable=not progress, transient=True) as bars:
+        gen_bar = bars.add_task("generate (gold history)", total=sum(len(c.turns) for c in convs))
+        flat = [(ci, t) for ci, c in enumerate(convs) for t in range(len(c.turns))]
+        outputs = generate_turns(
+            model,
+            tokenizer,
+            [gold_prompts[ci][t] for ci, t in flat],
+            batch_size,
+            max_new_tokens,
+            _advance(bars, gen_bar),
+            window,
+            backend,
+        )
+        gold_gen = dict(zip(flat, outputs, strict=True))
+        own_bar = bars.add_task("generate (own history)", total=len(flat))
+        # While a conversation's own history renders to the ids of its gold history, the gold-history
+        # answer is reused: greedy decoding of the same ids gives the same answer.
+        own_answers = rollout(
+            model,
+            tokenizer,
+            [OwnHistory(c.messages, c.turns) for c in convs],
+            batch_size,
+            max_new_tokens,
+            window,
+            backend,
+            _advance(bars, own_bar),
+            reuse=lambda ci, t, prompt: gold_gen[(ci, t)] if prompt == gold_prompts[ci][t] else None,
+        )
+    own_gen = {(ci, t): a for ci, answers in enumerate(own_answers) for t, a in enumerate(answers)}
+    return gold_gen, own_gen
 
 
 def _parse_all(conversations: list[dict], cfg: EvalConfig) -> list[_Conversation]:
@@ -268,65 +298,13 @@ def _parse(record: dict, position: int) -> _Conversation:
     if not turns:
         raise ValueError(f"eval record {record_id!r}: field 'messages' has no assistant message to score")
     task = record.get("task")
-    return _Conversation(record_id, task if task in TASKS else None, messages, turns)
+    return _Conversation(record_id, task if task in TEXT_TASKS else None, messages, turns)
 
 
 def _turn_prompts(tokenizer: PreTrainedTokenizerBase, convs: list[_Conversation]) -> list[list[list[int]]]:
     histories = [c.messages[:i] for c in convs for i in c.turns]
     flat = iter(prompt_ids(tokenizer, histories))
     return [[next(flat) for _ in c.turns] for c in convs]
-
-
-def _own_history(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    convs: list[_Conversation],
-    gold_prompts: list[list[list[int]]],
-    gold_gen: dict[tuple[int, int], Generation],
-    cfg: EvalConfig,
-    on_batch: Callable[[int], None],
-    window: int | None,
-    backend: GenerationBackend | None = None,
-) -> dict[tuple[int, int], Generation]:
-    """Generate turn by turn with the model's own answers as history; all conversations batched per depth.
-
-    While a conversation's own history renders to the same ids as its gold history, the gold-history
-    generation is reused: greedy decoding of the same ids gives the same answer.
-    """
-    own: dict[tuple[int, int], Generation] = {}
-    depth = 0
-    while True:
-        active = [ci for ci, c in enumerate(convs) if depth < len(c.turns)]
-        if not active:
-            return own
-        histories = []
-        for ci in active:
-            c = convs[ci]
-            history = [dict(m) for m in c.messages[: c.turns[depth]]]
-            for t, message_index in enumerate(c.turns[:depth]):
-                history[message_index]["content"] = own[(ci, t)].text
-            histories.append(history)
-        prompts = prompt_ids(tokenizer, histories)
-        todo = []
-        for ci, prompt in zip(active, prompts, strict=True):
-            if prompt == gold_prompts[ci][depth]:
-                own[(ci, depth)] = gold_gen[(ci, depth)]
-            else:
-                todo.append((ci, prompt))
-        on_batch(len(active) - len(todo))
-        outputs = generate_turns(
-            model,
-            tokenizer,
-            [p for _, p in todo],
-            cfg.batch_size,
-            cfg.max_new_tokens,
-            on_batch,
-            window,
-            backend,
-        )
-        for (ci, _), output in zip(todo, outputs, strict=True):
-            own[(ci, depth)] = output
-        depth += 1
 
 
 def _aggregate(

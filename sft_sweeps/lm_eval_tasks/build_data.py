@@ -17,7 +17,7 @@ import sys
 
 from sft_sweeps.config import DatasetConfig
 from sft_sweeps.lm_eval_tasks import DATA_DIR
-from sft_sweeps.tasks import TASKS, make_splits
+from sft_sweeps.tasks import TEXT_TASKS, make_splits
 
 
 def build(task: str) -> str:
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args()
     stale = []
-    for task in sorted(TASKS):
+    for task in sorted(TEXT_TASKS):
         path = DATA_DIR / f"{task}.jsonl"
         text = build(task)
         if args.check:

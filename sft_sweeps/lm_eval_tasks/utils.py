@@ -2,7 +2,7 @@
 
 Every YAML file in this folder names `utils.MultiTurnTask` as its class. A document is one assistant turn
 of a held-out conversation with the reference history before it (`process_docs`); the prompt is that
-history rendered by the model's own chat template; the metric is `sft_sweeps.evaluation.exact_match`, the
+history rendered by the model's own chat template; the metric is `sft_sweeps.metrics.exact_match`, the
 rule the pipeline uses (lm-eval scores the gold history only; conversation success needs the model's own
 answers as history and is measured by `python -m sft_sweeps.evaluate`).
 """
@@ -16,7 +16,7 @@ from typing import Any
 import datasets
 from lm_eval.api.task import ConfigurableTask
 
-from sft_sweeps.evaluation.multiturn import exact_match
+from sft_sweeps.metrics import exact_match
 
 TASKS_DIR = Path(__file__).resolve().parent
 

@@ -24,6 +24,7 @@ from sft_sweeps.data.validate import ROLES, ConversationError, check_messages
 from sft_sweeps.masking.dataset import MaskingStats, build_dataset, tokenizer_fingerprint
 from sft_sweeps.masking.render import TemplateError
 from sft_sweeps.masking.sample import Annotator, Conversation
+from sft_sweeps.masking.strategies import check_strategy
 from sft_sweeps.masking.tokens import ASSISTANT, CONTENT, KIND_NAMES, SCAFFOLD
 from sft_sweeps.masking.weights import (
     MessageWeightError,
@@ -63,8 +64,9 @@ def masking_config(strategy: str, **params: Any) -> MaskingConfig:
 
     Raises:
         TypeError: a parameter is not a weight parameter of MaskingConfig.
-        ConfigError: a value is out of range.
+        ConfigError: a value is out of range, or `strategy` is no registered strategy.
     """
+    check_strategy(str(strategy))
     unknown = set(params) - _WEIGHT_PARAMS
     if unknown:
         raise TypeError(

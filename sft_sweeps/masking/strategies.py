@@ -49,6 +49,19 @@ class StrategyWeights:
 STRATEGIES: dict[str, Callable[[MaskingConfig], StrategyWeights]] = {}
 
 
+def strategy_names() -> tuple[str, ...]:
+    """The registered strategies: the values `masking.name` takes."""
+    return tuple(STRATEGIES)
+
+
+def check_strategy(name: str) -> None:
+    """Raise ConfigError naming `masking.name` when `name` is no registered strategy."""
+    from sft_sweeps.config import ConfigError
+
+    if name not in STRATEGIES:
+        raise ConfigError(f"masking.name must be one of {strategy_names()}, got {name!r}")
+
+
 def strategy(name: str) -> Callable:
     """Register a strategy function under `name` (the value of `masking.name`)."""
 

@@ -24,7 +24,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sft_sweeps.identity import SETTING_EXCLUDED_KEYS, RunRecord, masking_label, masking_params
+from sft_sweeps.identity import (
+    SETTING_EXCLUDED_KEYS,
+    RunRecord,
+    comparable_config,
+    masking_label,
+    masking_params,
+)
 from sft_sweeps.metrics import (
     VALIDATION_PREFIX,
     is_compared,
@@ -234,7 +240,7 @@ def place_runs(records: Iterable[RunRecord]) -> list[Run]:
     records = list(records)
     flats = []
     for record in records:
-        config = {k: v for k, v in record.config.items() if k not in SETTING_EXCLUDED_KEYS}
+        config = {k: v for k, v in comparable_config(record.config).items() if k not in SETTING_EXCLUDED_KEYS}
         flat = _flatten(config)
         flat.update(_flatten(_benchmark_identities(record), "benchmarks."))
         if record.data_fingerprint:

@@ -19,8 +19,16 @@ from sft_sweeps.tasks.base import Task
 from sft_sweeps.tasks.fact_recall import FactRecall
 from sft_sweeps.tasks.format_persistence import FormatPersistence
 from sft_sweeps.tasks.state_tracking import StateTracking
+from sft_sweeps.tasks.tool_use import ToolUse
 
-TASKS: dict[str, Task] = {task.name: task for task in (StateTracking(), FactRecall(), FormatPersistence())}
+TASKS: dict[str, Task] = {
+    task.name: task for task in (StateTracking(), FactRecall(), FormatPersistence(), ToolUse())
+}
+# The tasks answered in text, scored turn by turn by exact match (`synthetic` benchmark, lm-eval tasks);
+# the others are agent tasks (they declare `tools`), scored by the `agent` benchmark.
+TEXT_TASKS: dict[str, Task] = {
+    name: task for name, task in TASKS.items() if getattr(task, "tools", None) is None
+}
 
 
 def get_task(name: str) -> Task:
@@ -89,8 +97,14 @@ def make_splits(
                 continue
             repeats = 0
             seen.add(key)
-            records.append(
-                {"id": f"{split}-{len(records)}", "task": task.name, "split": split, "messages": messages}
-            )
+            record = {
+                "id": f"{split}-{len(records)}",
+                "task": task.name,
+                "split": split,
+                "messages": messages,
+            }
+            if getattr(task, "tools", None) is not None:  # an agent task: its tool schemas, for the template
+                record["tools"] = task.tools
+            records.append(record)
         splits[split] = records
     return splits

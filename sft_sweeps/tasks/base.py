@@ -14,6 +14,7 @@ class Task(Protocol):
     """
 
     name: str
+    # An agent task also has `tools`: the tool schemas every record carries (`record["tools"]`).
 
     def generate(self, rng: random.Random, num_turns: int) -> list[dict[str, str]]:
         """Messages of one conversation with `num_turns` user/assistant pairs (a system message may lead)."""
