@@ -1,4 +1,9 @@
-"""Temporary files for atomic writes, created with the permissions of a normal file.
+"""Files the project reads and writes itself: JSONL records with located errors, and temporary files for
+atomic writes.
+
+`read_jsonl` is the one JSONL reader: every JSONL file (data, benchmark items, judge questions and prompts,
+the built-in sets) is read through it, one record per non-blank line, and a line that is not JSON is
+reported with its file and line number, raised or handed to the caller to count.
 
 `tempfile.mkstemp` creates files mode 0600 whatever the umask, so a record or cache file renamed from
 one is unreadable by the rest of the group. `create_temp` makes the same unique, exclusive file, but with
@@ -7,9 +12,55 @@ mode 0666 filtered by the umask (0644 under the usual 022), as `open(path, "w")`
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+
+class JsonlError(ValueError):
+    """A JSONL line is not valid JSON (or not UTF-8); the message names the file and the line.
+
+    Attributes:
+        path: the file (or the name given for a text).
+        line: its 1-based line number.
+    """
+
+    def __init__(self, path: str, line: int, cause: Exception) -> None:
+        super().__init__(f"{path}:{line}: invalid JSON: {cause}")
+        self.path, self.line, self.cause = path, line, cause
+
+
+def read_jsonl(path: str | Path, text: str | None = None, errors: str = "raise") -> Iterator[tuple[int, Any]]:
+    """(line number, record) for every non-blank line of a JSONL file.
+
+    Args:
+        path: the file; with `text`, only the name used in errors (e.g. a package resource).
+        text: the file's content when it is not read from `path`.
+        errors: `raise` a `JsonlError` at the first bad line, or `yield` the `JsonlError` in place of the
+            record (a data reader that skips and counts invalid records).
+
+    Raises:
+        JsonlError: a line is not JSON or not UTF-8 (with `errors="raise"`).
+    """
+    lines = text.encode("utf-8").splitlines(keepends=True) if text is not None else _lines(path)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            error = JsonlError(str(path), number, e)
+            if errors == "raise":
+                raise error from None
+            yield number, error
+
+
+def _lines(path: str | Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from f
 
 
 def create_temp(directory: str | Path, name: str) -> tuple[int, Path]:

@@ -18,11 +18,12 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from sft_sweeps.files import read_jsonl
 
 # About 4% of the package's conversations: enough usable openers for ~150 benchmark items.
 RESERVED_FRACTION = 0.04
@@ -45,8 +46,7 @@ def builtin_sources() -> tuple[frozenset[str], frozenset[str]]:
     """The conversation groups and the prompts (stripped) the shipped benchmark file draws from."""
     if not BUILTIN_PATH.exists():
         raise FileNotFoundError(f"{BUILTIN_PATH} is missing: reinstall sft_sweeps (it is package data)")
-    with BUILTIN_PATH.open(encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = [record for _, record in read_jsonl(BUILTIN_PATH)]
     groups = frozenset(conversation_group(r["source_id"]) for r in records)
     return groups, frozenset(r["source_prompt"].strip() for r in records)
 
