@@ -56,9 +56,21 @@ def config_digest(resolved: Mapping[str, Any], drop: tuple[str, ...], length: in
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def hashed_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as hashes see it: masking parameters declared `hashed_at_default=False` are left
+    out at their default, so a parameter added later leaves the hashes of the runs before it unchanged."""
+    resolved = as_dict(cfg)
+    masking = resolved.get("masking")
+    if isinstance(masking, Mapping):
+        optional = [f for f in _masking_fields() if f.metadata.get("hashed_at_default") is False]
+        unset = {f.name for f in optional if masking.get(f.name, _default(f)) == _default(f)}
+        resolved["masking"] = {k: v for k, v in masking.items() if k not in unset}
+    return resolved
+
+
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     """16 hex digits over the resolved config without the keys that do not change what a run computes."""
-    return config_digest(as_dict(cfg), UNHASHED_KEYS, 16)
+    return config_digest(hashed_config(cfg), UNHASHED_KEYS, 16)
 
 
 def setting_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
@@ -66,7 +78,7 @@ def setting_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
 
     Two runs with the same setting hash differ only by seed (or by how they were observed).
     """
-    return config_digest(as_dict(cfg), UNGROUPED_KEYS, 8)
+    return config_digest(hashed_config(cfg), UNGROUPED_KEYS, 8)
 
 
 def _masking_fields() -> list[dataclasses.Field]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sft_sweeps.masking.render import Renderer, TemplateError
@@ -40,6 +40,7 @@ class Layout:
         assistant: `(start, end, k)` spans the assistant message k is trained to write, end-of-turn included.
         content: where each message's own text lies, or None where the template rewrote it (e.g. stripped it).
         source: `markers` (from `{% generation %}` blocks) or `prefix` (from prefix rendering).
+        tool_calls: `(start, end, k)`: where assistant message k's `tool_calls` lie, in its assistant span.
     """
 
     text: str
@@ -47,6 +48,7 @@ class Layout:
     assistant: list[tuple[int, int, int]]
     content: list[tuple[int, int] | None]
     source: str
+    tool_calls: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -77,6 +79,14 @@ def _closing_cuts(text: str, specials: tuple[str, ...]) -> list[int]:
             p -= len(token)
         cuts.append(p)
     return cuts
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    """Length of the longest common suffix of `a` and `b`, at most `limit`."""
+    n = 0
+    while n < limit and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
+        n += 1
+    return n
 
 
 def _outside_specials(text: str, pos: int, specials: tuple[str, ...]) -> int:
@@ -212,6 +222,7 @@ def compute_layouts(
             if roles[k] == "assistant":
                 own[k] = p.generation_start(k, prefixes[k - 1] if k else "", full, starts[k], ends[k])
     content = _content_spans(renderer, messages, tools, full, starts, ends)
+    calls = _tool_call_spans(p, prefixes, starts, ends, content)
 
     def assistant_spans(
         text: str, text_blocks: list[tuple[int, int]], upto: int
@@ -232,7 +243,7 @@ def compute_layouts(
             out.append((s, e, k))
         return out
 
-    layouts = [Layout(full, starts, assistant_spans(full, blocks, n), content, source)]
+    layouts = [Layout(full, starts, assistant_spans(full, blocks, n), content, source, calls)]
     if expand:
         for k in range(n):
             if roles[k] == "assistant":
@@ -246,9 +257,55 @@ def compute_layouts(
                         assistant_spans(text, text_blocks, k + 1),
                         content[: k + 1],
                         source,
+                        [c for c in calls if c[2] <= k],
                     )
                 )
     return layouts
+
+
+def _tool_call_spans(
+    p: _Prefixes,
+    prefixes: list[str],
+    starts: list[int],
+    ends: list[int],
+    content: list[tuple[int, int] | None],
+) -> list[tuple[int, int, int]]:
+    """Where each assistant message's tool calls lie: the text its render has beyond the same message without
+    `tool_calls` (common prefix and suffix of the two renders cut off).
+
+    The template writes the calls after the message's text, so the region is widened back to the end of that
+    text (or the message's start) when the two renders happen to share the calls' first characters.
+
+    Raises:
+        TemplateError: the template renders no text for a message's tool calls (they would be lost silently).
+    """
+    out = []
+    for k, message in enumerate(p.messages):
+        if message.get("role") != "assistant" or not message.get("tool_calls"):
+            continue
+        plain = {key: value for key, value in message.items() if key != "tool_calls"}
+        plain.setdefault("content", "")
+        with_calls = prefixes[k]
+        try:
+            without = p.renderer.render([*p.messages[:k], plain], p.tools)
+        except Exception as e:  # jinja raises whatever a template's raise_exception says
+            why = f"rendering the message without its tool calls failed ({type(e).__name__}: {e})"
+            raise p.fail(k, why) from e
+        a = _common_prefix(with_calls, without)
+        text_end = content[k][1] if content[k] is not None and content[k][1] > content[k][0] else starts[k]
+        if text_end <= a:
+            a = text_end
+        # The suffix may not reach into the shared prefix of the shorter render (no character counted twice).
+        b = len(with_calls) - _common_suffix(with_calls, without, min(len(with_calls), len(without)) - a)
+        a, b = max(a, starts[k]), min(b, ends[k])
+        if b <= a:
+            raise p.fail(
+                k,
+                "the template renders nothing for the message's tool_calls (they would be lost); use a "
+                "chat template with tool support",
+            )
+        out.append((a, b, k))
+    return out
 
 
 def _content_spans(
@@ -260,7 +317,7 @@ def _content_spans(
     ends: list[int],
 ) -> list[tuple[int, int] | None]:
     """Where each message's own text lies: exact when the template copies content verbatim, else searched."""
-    texts = [m.get("content") if isinstance(m.get("content"), str) else None for m in messages]
+    texts = _texts(messages)
     marked = [
         dict(m, content=_PLACEHOLDER.format(i)) if texts[i] is not None else m for i, m in enumerate(messages)
     ]
@@ -277,6 +334,13 @@ def _content_spans(
         at = full.find(needle, starts[i], ends[i]) if needle else -1
         found.append((at, at + len(needle)) if at >= 0 else None)
     return found
+
+
+def _texts(messages: list[dict[str, Any]]) -> list[str | None]:
+    # Empty content gets no placeholder: templates test it (`if message.content`) before tool calls.
+    return [
+        m.get("content") if isinstance(m.get("content"), str) and m["content"] else None for m in messages
+    ]
 
 
 class _Splice:
@@ -345,7 +409,7 @@ class LayoutCache:
         where: str = "the conversation",
     ) -> list[Layout]:
         """As `compute_layouts(renderer, messages, ...)`, in one render when the shape is known."""
-        texts = [m.get("content") if isinstance(m.get("content"), str) else None for m in messages]
+        texts = _texts(messages)
         marked = [
             dict(m, content=_PLACEHOLDER.format(i)) if texts[i] is not None else m
             for i, m in enumerate(messages)
@@ -400,4 +464,5 @@ def _mapped(layout: Layout, splice: _Splice) -> Layout:
         assistant=[(splice.map(s), splice.map(e), k) for s, e, k in layout.assistant],
         content=splice.content[: len(layout.starts)],
         source=layout.source,
+        tool_calls=[(splice.map(s), splice.map(e), k) for s, e, k in layout.tool_calls],
     )
