@@ -126,6 +126,16 @@ class _Prefixes:
                 max(k - 1, 0), f"rendering messages[:{k}] failed ({type(e).__name__}: {e})"
             ) from e
 
+    def render_prefix(self, k: int) -> str | None:
+        """The render of `messages[:k]`, or None when it ends on a system message that the template refuses
+        to render alone (Llama 3.1 puts `tools` into the first user message and raises without one)."""
+        try:
+            return self.render(k)[0]
+        except TemplateError:
+            if self.messages[k - 1].get("role") == "system" and k < len(self.messages):
+                return None
+            raise
+
     def boundary(self, prefix: str, full: str, k: int, floor: int) -> int:
         """Where message k starts in `full`, given the render `prefix` of the messages before it."""
         if full.startswith(prefix):
@@ -209,10 +219,12 @@ def compute_layouts(
     n = len(messages)
     p = _Prefixes(renderer, messages, tools, where, specials)
     full, blocks = p.render(n, markers=markers)
-    prefixes = [p.render(k)[0] for k in range(1, n)] + [full]  # prefixes[k]: messages[:k+1]
+    prefixes = [p.render_prefix(k) for k in range(1, n)] + [full]  # prefixes[k]: messages[:k+1]
     starts = [0]
     for k in range(1, n):
-        starts.append(p.boundary(prefixes[k - 1], full, k, starts[-1]))
+        previous = prefixes[k - 1]
+        # A system prefix the template refuses alone: its text goes to the next message (see render_prefix).
+        starts.append(starts[-1] if previous is None else p.boundary(previous, full, k, starts[-1]))
     ends = starts[1:] + [len(full)]
     roles = [m.get("role") for m in messages]
     source = "markers" if markers else "prefix"
@@ -273,9 +285,6 @@ def _tool_call_spans(
     """Where each assistant message's tool calls lie: the text its render has beyond the same message without
     `tool_calls` (common prefix and suffix of the two renders cut off).
 
-    The template writes the calls after the message's text, so the region is widened back to the end of that
-    text (or the message's start) when the two renders happen to share the calls' first characters.
-
     Raises:
         TemplateError: the template renders no text for a message's tool calls (they would be lost silently).
     """
@@ -292,11 +301,16 @@ def _tool_call_spans(
             why = f"rendering the message without its tool calls failed ({type(e).__name__}: {e})"
             raise p.fail(k, why) from e
         a = _common_prefix(with_calls, without)
-        text_end = content[k][1] if content[k] is not None and content[k][1] > content[k][0] else starts[k]
-        if text_end <= a:
-            a = text_end
-        # The suffix may not reach into the shared prefix of the shorter render (no character counted twice).
-        b = len(with_calls) - _common_suffix(with_calls, without, min(len(with_calls), len(without)) - a)
+        suffix = _common_suffix(with_calls, without, min(len(with_calls), len(without)))
+        inserted, lowest = len(with_calls) - len(without), len(without) - suffix
+        if inserted > 0 and lowest <= a:
+            # The calls are inserted text: it may start anywhere in [lowest, a] (the renders share the
+            # characters around it); the template writes them after the message's text, so start there.
+            text_end = content[k][1] if content[k] is not None else starts[k]
+            a = min(max(lowest, text_end), a)
+            b = a + inserted
+        else:  # the template changes more than the calls: what differs between the renders
+            b = len(with_calls) - min(suffix, len(without) - a)
         a, b = max(a, starts[k]), min(b, ends[k])
         if b <= a:
             raise p.fail(
