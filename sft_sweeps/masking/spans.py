@@ -220,7 +220,7 @@ def compute_layouts(
     p = _Prefixes(renderer, messages, tools, where, specials)
     full, blocks = p.render(n, markers=markers)
     prefixes = [p.render_prefix(k) for k in range(1, n)] + [full]  # prefixes[k]: messages[:k+1]
-    starts = [0]
+    starts = [_tools_preamble(renderer, tools, full, prefixes[0])]
     for k in range(1, n):
         previous = prefixes[k - 1]
         # A system prefix the template refuses alone: its text goes to the next message (see render_prefix).
@@ -273,6 +273,21 @@ def compute_layouts(
                     )
                 )
     return layouts
+
+
+def _tools_preamble(renderer: Renderer, tools: Any, full: str, first: str | None) -> int:
+    """Where the first message starts: after the text the template writes for `tools` alone, when it writes
+    that before any message (the embedded template's tools block without a system message): that text is
+    the template's, not the first user message's. 0 otherwise (a template that puts the tools in the system
+    message gives them to it)."""
+    if not tools or first is None:
+        return 0
+    try:
+        alone = renderer.render([], tools)
+    except Exception:  # noqa: BLE001 - templates that index messages[0] fail on none; the tools stay with it
+        return 0
+    before_first = alone and alone != first and first.startswith(alone) and full.startswith(alone)
+    return len(alone) if before_first else 0
 
 
 def _tool_call_spans(
