@@ -338,12 +338,10 @@ def test_every_strategy_trains_on_agent_data(tok, path: Path, option: str, tmp_p
 def test_tools_block_without_a_system_message_is_template_text_not_the_users(tok) -> None:
     record = _record(OPENAI, "oa0")  # no system message: the embedded template writes the tools alone
     conversation = annotate(tok, record["messages"], record["tools"])
-    text = conversation.layout.text
-    parts = token_parts(conversation)
-    user = "".join(text[s:e] for (s, e), p in zip(conversation.tokens.offsets.tolist(), parts) if p == "user")
-    template = "".join(
-        text[s:e] for (s, e), p in zip(conversation.tokens.offsets.tolist(), parts) if p == "template"
-    )
+    text, parts = conversation.layout.text, token_parts(conversation)
+    spans = list(zip(conversation.tokens.offsets.tolist(), parts, strict=True))
+    user = "".join(text[s:e] for (s, e), p in spans if p == "user")
+    template = "".join(text[s:e] for (s, e), p in spans if p == "template")
     assert "<tools>" in template and "<tools>" not in user
     _, weights = loss_weights(tok, record["messages"], "all", tools=record["tools"], user_weight=1.0)
     assert not any(w for w, p in zip(weights, parts, strict=True) if p == "template")  # user_weight: users'
