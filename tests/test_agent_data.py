@@ -157,6 +157,11 @@ def test_embedded_template_renders_conversations_without_tools_byte_identically(
         marked = tok.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
         before = plain.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
         assert marked["assistant_masks"] == before["assistant_masks"]
+    # And so what every strategy trains on: the same ids and weights, sample by sample.
+    for strategy in STRATEGIES:
+        new_data, _ = build_dataset(tok, records, MaskingConfig(name=strategy), max_length=4096)
+        old_data, _ = build_dataset(plain, records, MaskingConfig(name=strategy), max_length=4096)
+        assert new_data.to_dict() == old_data.to_dict(), strategy
 
 
 def test_embedded_template_renders_tools_calls_and_results(tok) -> None:

@@ -1,8 +1,9 @@
 """The masking engine: per-token loss weights for multi-turn chat SFT, from any chat template.
 
-A conversation is rendered with the tokenizer's chat template and tokenized once; every token learns its
-message, role, assistant turn and kind (template scaffolding, message content, or assistant text including
-the end-of-turn token). Strategies then only compute weights from those labels, so a sweep over
+A conversation is rendered with the tokenizer's chat template (with its `tools`) and tokenized once; every
+token learns its message, role, assistant turn and kind (template scaffolding, message content, assistant
+text including the end-of-turn token, or the text of the assistant's tool calls); with the role, a prompt
+token is system, user or tool-result text. Strategies then only compute weights from those labels, so a sweep over
 strategies tokenizes once (`build_dataset` caches the tokenization on disk).
 
 Public surface:
