@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from sft_sweeps.config import ConfigError, validate
+from sft_sweeps.config import ConfigError, strategy_names, validate
 from tests.conftest import CONF_DIR, compose_config
 
 GROUPS = ["model", "dataset", "masking", "train", "eval", "logger"]
@@ -29,8 +29,11 @@ def test_every_group_option_composes_and_validates(group: str, option: str) -> N
     extra = REQUIRED_VALUES.get((group, option), [])
     cfg = compose_config([f"{group}={option}", *extra])
     settings = validate(cfg)
-    # A masking option is a strategy, or a preset of one named `<strategy>_<preset>` (weighted_pw001).
-    expected = option.split("_")[0] if group == "masking" else option
+    # A masking option is a strategy (last_round), or a preset of one named `<strategy>_<preset>`
+    # (weighted_pw001, all_toolcall2).
+    expected = option
+    if group == "masking" and option not in strategy_names():
+        expected = option.rsplit("_", 1)[0]
     assert getattr(settings, group).name == expected
 
 
@@ -55,7 +58,7 @@ def test_unknown_strategy_option_is_refused() -> None:
 def test_unknown_strategy_name_is_refused() -> None:
     """Strategies are a registry (sft_sweeps.masking.strategies), checked when the config is validated."""
     with pytest.raises(
-        ConfigError, match=r"masking.name must be one of \('full', 'last', 'all', 'weighted'\)"
+        ConfigError, match=r"masking.name must be one of \('full', 'last', 'last_round', 'all', 'weighted'\)"
     ):
         validate(compose_config(["masking.name=foo"]))
 
