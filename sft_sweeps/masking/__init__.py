@@ -3,8 +3,8 @@
 A conversation is rendered with the tokenizer's chat template (with its `tools`) and tokenized once; every
 token learns its message, role, assistant turn and kind (template scaffolding, message content, assistant
 text including the end-of-turn token, or the text of the assistant's tool calls); with the role, a prompt
-token is system, user or tool-result text. Strategies then only compute weights from those labels, so a sweep over
-strategies tokenizes once (`build_dataset` caches the tokenization on disk).
+token is system, user or tool-result text. Strategies then only compute weights from those labels, so a
+sweep over strategies tokenizes once (`build_dataset` caches the tokenization on disk).
 
 Public surface:
     loss_weights: `(input_ids, weights)` of one conversation under one strategy.
