@@ -9,6 +9,7 @@ the full key, e.g. `masking.prompt_weight`.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -38,7 +39,9 @@ def masking_param(default: Any, abbrev: str, used_by: tuple[str, ...] | None = N
         abbrev: its short name in labels (`weighted(pw=0.1)`).
         used_by: the strategies that read it (None: all); set away from `default` on any other, it is an
             error.
-        extra: more metadata, e.g. `always_labelled=("weighted",)`: shown even at its default.
+        extra: more metadata, e.g. `always_labelled=("weighted",)`: shown even at its default;
+            `hashed_at_default=False`: left out of the config hash at its default, so adding the parameter
+            does not change the hash (and resume identity) of runs that existed before it.
     """
     return field(default=default, metadata={"abbrev": abbrev, "used_by": used_by, **extra})
 
@@ -53,7 +56,7 @@ class MaskingConfig:
     other edit there.
     """
 
-    # A strategy of sft_sweeps.masking.strategies: full | last | all | weighted (or one you register);
+    # A strategy of sft_sweeps.masking.strategies: full | last | last_round | all | weighted (or one you add);
     # checked against that registry by `sft_sweeps.job.make_job` (the config does not import the masking).
     name: str = "all"
     # Weight of system, user and tool tokens; papers find 0.01-0.5 can beat 0 and 1.
@@ -62,9 +65,19 @@ class MaskingConfig:
     # Factor per assistant turn counted back from the last one; read only with turn_schedule=decay.
     turn_decay: float = masking_param(1.0, "decay", ("weighted",))
     # Message field holding a per-message weight (a number, or a bool as Axolotl's `train`); null ignores it.
+    # Whatever it names, a message's `train: false` (Axolotl) always excludes it: an exclusion is never lost.
     message_weight_field: str | None = masking_param("weight", "mwf")
     # One sample per supervised assistant turn, its history as context (GLM-4 / LLaMA-Factory style).
     expand_turns: bool = masking_param(False, "expand")
+    # Factor on the assistant's tool-call tokens (ms-swift's react/hermes loss scale puts 2.0 there; 0 trains
+    # the text of assistant messages but not their calls).
+    tool_call_weight: float = masking_param(1.0, "tcw", hashed_at_default=False)
+    # Per-role weights of prompt tokens (prime-rl's per-role loss mask, as weights): every token of a message
+    # of that role, its header included. null keeps the strategy's own prompt weight (0 for all, last and
+    # last_round, 1 for full, prompt_weight for weighted).
+    system_weight: float | None = masking_param(None, "sysw", hashed_at_default=False)
+    user_weight: float | None = masking_param(None, "userw", hashed_at_default=False)
+    tool_result_weight: float | None = masking_param(None, "toolw", hashed_at_default=False)
 
     def __post_init__(self) -> None:
         self.turn_schedule = TurnSchedule(self.turn_schedule)
@@ -72,6 +85,15 @@ class MaskingConfig:
             0.0 <= self.prompt_weight <= 1.0, "masking.prompt_weight", "must be in [0, 1]", self.prompt_weight
         )
         _check(0.0 < self.turn_decay <= 1.0, "masking.turn_decay", "must be in (0, 1]", self.turn_decay)
+        _check(
+            math.isfinite(self.tool_call_weight) and self.tool_call_weight >= 0.0,
+            "masking.tool_call_weight",
+            "must be a finite number >= 0",
+            self.tool_call_weight,
+        )
+        for key in ("system_weight", "user_weight", "tool_result_weight"):
+            value = getattr(self, key)
+            _check(value is None or 0.0 <= value <= 1.0, f"masking.{key}", "must be null or in [0, 1]", value)
         for f in fields(self):
             used_by = f.metadata.get("used_by")
             if used_by is None or self.name in used_by or getattr(self, f.name) == f.default:

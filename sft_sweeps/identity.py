@@ -50,20 +50,27 @@ def as_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return dict(cfg)
 
 
-# Config keys added after runs were recorded (dotted path -> its default): left out of a config while at
-# their default, so a record written before them keeps its config hash (resume skips it), its setting and
-# its place in the report: it computed the same thing. Set away from the default, a key counts like any.
-ADDED_KEYS: dict[str, Any] = {
-    "eval.agent": dataclasses.asdict(AgentConfig()),
-    "eval.heldout": dataclasses.asdict(HeldOutConfig()),
-}
+def _added_keys() -> dict[str, Any]:
+    """Config keys added after runs were recorded (dotted path -> its default): left out of a config while
+    at their default, so a record written before them keeps its config hash (resume skips it), its setting
+    and its place in the report: it computed the same thing. Set away from the default, a key counts like
+    any. Masking parameters declare it with `hashed_at_default=False`; the sections of benchmarks added later
+    are listed here."""
+    added: dict[str, Any] = {
+        "eval.agent": dataclasses.asdict(AgentConfig()),
+        "eval.heldout": dataclasses.asdict(HeldOutConfig()),
+    }
+    for f in dataclasses.fields(MaskingConfig):
+        if f.metadata.get("hashed_at_default") is False:
+            added[f"masking.{f.name}"] = _default(f)
+    return added
 
 
-def comparable_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """A resolved config without the `ADDED_KEYS` that sit at their default: what hashes and the report's
-    settings compare, so records from before a key existed compare equal to those written after."""
-    out = json.loads(json.dumps(dict(resolved), default=str))  # a deep copy
-    for path, default in ADDED_KEYS.items():
+def comparable_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as hashes and the report's settings see it: without the keys added later that sit
+    at their default (`_added_keys`), so records from before a key existed compare equal to those after."""
+    out = json.loads(json.dumps(as_dict(cfg), default=str))  # a deep copy
+    for path, default in _added_keys().items():
         *parents, last = path.split(".")
         node = out
         for key in parents:
@@ -74,8 +81,8 @@ def comparable_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_digest(resolved: Mapping[str, Any], drop: tuple[str, ...], length: int) -> str:
-    """First `length` hex digits of sha256 over a resolved config's JSON, top-level `drop` keys and
-    `ADDED_KEYS` at their default left out."""
+    """First `length` hex digits of sha256 over a resolved config's JSON, top-level `drop` keys and keys
+    added later at their default left out (`comparable_config`)."""
     kept = {key: value for key, value in comparable_config(resolved).items() if key not in drop}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:length]
 

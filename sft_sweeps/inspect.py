@@ -2,8 +2,9 @@
 
 Takes the same Hydra overrides as training. Shows the first `inspect.num_samples` conversations of
 `inspect.split`, each token coloured by its loss weight under the configured strategy, with the number of
-supervised tokens under every strategy. `inspect.format=json` prints, per sample, tokens, ids, roles,
-turns, kinds and weights instead.
+supervised tokens under every strategy. Tool calls (on a blue background) and tool results (on grey) stand
+out, and each sample says how many of their tokens are supervised, so the difference shows in a log file
+too. `inspect.format=json` prints, per sample, tokens, ids, roles, turns, kinds, parts and weights instead.
 
     python -m sft_sweeps.inspect masking=weighted masking.prompt_weight=0.1
     python -m sft_sweeps.inspect masking=last inspect.format=json inspect.num_samples=1 | jq '.[0].weights'
@@ -25,8 +26,21 @@ from rich.text import Text
 
 from sft_sweeps.cli import errors_reported
 from sft_sweeps.config import Config, MaskingConfig, register_configs, validate
-from sft_sweeps.masking import KIND_NAMES, Annotator, Conversation, assistant_turns, sample_weights
+from sft_sweeps.masking import (
+    ASSISTANT,
+    KIND_NAMES,
+    TOOL_CALL,
+    Annotator,
+    Conversation,
+    assistant_turns,
+    sample_weights,
+)
 from sft_sweeps.masking.strategies import check_strategy, strategy_names
+
+# What each token is, for the reader: assistant output (text or tool call), or the prompt part it lies in.
+PARTS = ("assistant_text", "tool_call", "system", "user", "tool_result", "assistant_header", "template")
+_ROLE_PARTS = {"system": "system", "user": "user", "tool": "tool_result", "assistant": "assistant_header"}
+_PART_BACKGROUND = {"tool_call": " on dark_blue", "tool_result": " on grey23"}
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -40,6 +54,21 @@ def _style(weight: float) -> str:
     if weight >= 1:
         return "bold green"
     return "yellow" if weight < 0.5 else "green"
+
+
+def token_parts(conversation: Conversation) -> list[str]:
+    """Each token's part (`PARTS`): assistant text, tool call, or the role of the prompt message it is in."""
+    out = []
+    for message, kind in zip(
+        conversation.tokens.message.tolist(), conversation.tokens.kind.tolist(), strict=True
+    ):
+        if kind == TOOL_CALL:
+            out.append("tool_call")
+        elif kind >= ASSISTANT:
+            out.append("assistant_text")
+        else:
+            out.append(_ROLE_PARTS[conversation.roles[message]] if message >= 0 else "template")
+    return out
 
 
 def _token_texts(conversation: Conversation) -> list[str]:
@@ -63,6 +92,15 @@ def sample_record(
     for strategy in strategy_names():
         other = masking.for_strategy(strategy)
         supervised[strategy] = sum(w > 0 for w in sample_weights(conversation, messages, other))
+    parts = token_parts(conversation)
+    by_part = {
+        part: {
+            "tokens": sum(p == part for p in parts),
+            "supervised": sum(p == part and w > 0 for p, w in zip(parts, weights, strict=True)),
+        }
+        for part in PARTS
+        if part in parts
+    }
     return {
         "id": name,
         "strategy": masking.name,
@@ -73,7 +111,9 @@ def sample_record(
         "roles": [conversation.roles[m] if m >= 0 else None for m in messages_of],
         "turns": [turns[m] if m >= 0 and turns[m] >= 0 else None for m in messages_of],
         "kinds": [KIND_NAMES[k] for k in tokens.kind.tolist()],
+        "parts": parts,
         "weights": weights,
+        "by_part": by_part,
         "supervised_tokens": supervised,
         "weight_sum": round(sum(weights), 6),
     }
@@ -121,6 +161,10 @@ def show(samples: list[dict[str, Any]], console: Console) -> None:
             ("<1 ", _style(0.7)),
             ("1 ", _style(1)),
             (">1", _style(2)),
+            "; ",
+            ("tool call", "on dark_blue"),
+            " ",
+            ("tool result", "on grey23"),
         )
     )
     for sample in samples:
@@ -131,10 +175,20 @@ def show(samples: list[dict[str, Any]], console: Console) -> None:
             f"strategy: {counts}",
             highlight=False,
         )
+        tools = {p: c for p, c in sample["by_part"].items() if p in _PART_BACKGROUND}
+        if tools:  # in words too: a log file has no colours
+            console.print(
+                "; ".join(
+                    f"{p}: {c['supervised']}/{c['tokens']} tokens supervised" for p, c in tools.items()
+                ),
+                highlight=False,
+            )
         line = Text()
-        for piece, weight, kind in zip(sample["text"], sample["weights"], sample["kinds"], strict=True):
+        for piece, weight, kind, part in zip(
+            sample["text"], sample["weights"], sample["kinds"], sample["parts"], strict=True
+        ):
             style = _style(weight) + (" underline" if kind == "scaffold" and weight > 0 else "")
-            line.append(piece.replace("\n", "↵\n"), style=style)
+            line.append(piece.replace("\n", "↵\n"), style=style + _PART_BACKGROUND.get(part, ""))
         console.print(line)
 
 

@@ -24,8 +24,56 @@ PAD, EOT, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_e
 ROLES = ("system", "user", "assistant", "tool")
 
 # ChatML with `{% generation %}` markers around what the assistant says, its end-of-turn token included,
-# so TRL's `assistant_only_loss` works on it too (the benchmarks compare against that).
+# so TRL's `assistant_only_loss` works on it too (the benchmarks compare against that). Tools are rendered
+# Qwen-style, but compact (every byte is a token here):
+# - `tools=` go into the system block, one JSON line each:
+#   `<|im_start|>system\n{system}\n\n<tools>\n{tool JSON}\n...</tools><|im_end|>\n`
+#   (without a system message the block holds the tools alone);
+# - an assistant's tool calls follow its text, each
+#   `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` (a `\n` before each but a leading
+#   one), inside the generation block: the model learns to write them;
+# - a tool result is its own block,
+#   `<|im_start|>tool\n<tool_response>\n{result}\n</tool_response><|im_end|>\n`.
+#   Its own role, not Qwen 2.5's user-wrapped run of results: each result is then one prefix-stable block,
+#   the model is never taught that a user speaks in tool results, and a model that writes a result itself
+#   (instead of stopping at `<|im_end|>`) shows it by `<tool_response>` in its own message.
+# A conversation without tools, tool calls and tool messages renders exactly as the plain ChatML before.
 CHATML_TEMPLATE = (
+    "{%- if tools -%}"
+    "{{ '<|im_start|>system\n' }}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{ messages[0]['content'] + '\n\n' }}"
+    "{%- endif -%}"
+    "{{ '<tools>\n' }}{%- for tool in tools -%}{{ tool | tojson }}{{ '\n' }}{%- endfor -%}"
+    "{{ '</tools><|im_end|>\n' }}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if not (tools and loop.first and message['role'] == 'system') -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- set content = message['content'] if message['content'] is string else '' -%}"
+    "{% generation %}{{ content }}"
+    "{%- for call in message['tool_calls'] or [] -%}"
+    "{%- set call = call['function'] if call['function'] is defined else call -%}"
+    "{%- if content or not loop.first -%}{{ '\n' }}{%- endif -%}"
+    "{{ '<tool_call>\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' }}"
+    "{%- if call['arguments'] is string -%}{{ call['arguments'] }}"
+    "{%- else -%}{{ call['arguments'] | tojson }}{%- endif -%}"
+    "{{ '}\n</tool_call>' }}"
+    "{%- endfor -%}"
+    "{{ '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{{ '<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
+    "{%- else -%}"
+    "{{ message['content'] + '<|im_end|>\n' }}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+# The template before tools were rendered: conversations without tools must render byte-identically.
+PLAIN_CHATML_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{%- if message['role'] == 'assistant' -%}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from sft_sweeps.config import ConfigError, validate
+from sft_sweeps.config import ConfigError, strategy_names, validate
 from tests.conftest import CONF_DIR, compose_config
 
 GROUPS = ["model", "dataset", "masking", "train", "eval", "logger"]
@@ -29,8 +29,11 @@ def test_every_group_option_composes_and_validates(group: str, option: str) -> N
     extra = REQUIRED_VALUES.get((group, option), [])
     cfg = compose_config([f"{group}={option}", *extra])
     settings = validate(cfg)
-    # A masking option is a strategy, or a preset of one named `<strategy>_<preset>` (weighted_pw001).
-    expected = option.split("_")[0] if group == "masking" else option
+    # A masking option is a strategy (last_round), or a preset of one named `<strategy>_<preset>`
+    # (weighted_pw001, all_toolcall2).
+    expected = option
+    if group == "masking" and option not in strategy_names():
+        expected = option.rsplit("_", 1)[0]
     assert getattr(settings, group).name == expected
 
 
@@ -57,7 +60,7 @@ def test_unknown_strategy_name_is_refused() -> None:
     from sft_sweeps.job import make_job
 
     with pytest.raises(
-        ConfigError, match=r"masking.name must be one of \('full', 'last', 'all', 'weighted'\)"
+        ConfigError, match=r"masking.name must be one of \('full', 'last', 'last_round', 'all', 'weighted'\)"
     ):
         make_job(compose_config(["masking.name=foo"]))
 

@@ -97,7 +97,7 @@ def test_sharegpt_roles_and_keys_are_normalised() -> None:
         "conversations": [
             {"from": "system", "value": "s"},
             {"from": "human", "value": "q"},
-            {"from": "chatgpt", "value": "call"},
+            {"from": "function_call", "value": '[{"name": "f", "arguments": {}}, {"name": "g"}]'},
             {"from": "observation", "value": "result"},
             {"from": "function", "value": "more"},
             {"from": "bard", "value": "a"},
@@ -131,7 +131,9 @@ def test_weights_tools_and_task_are_kept() -> None:
     assert record["id"] == "x.jsonl#2"  # no id of its own: where it was read
     assert record["messages"][1] == {"role": "assistant", "content": "a", "weight": 0.5}
     assert record["messages"][3]["train"] is False
-    assert record["tools"] == [{"name": "calc"}] and record["task"] == "demo" and "extra" not in record
+    # LLaMA-Factory's bare functions come out as OpenAI function schemas.
+    assert record["tools"] == [{"type": "function", "function": {"name": "calc"}}]
+    assert record["task"] == "demo" and "extra" not in record
 
 
 def test_on_invalid_error_stops_at_the_first_bad_record_with_its_line() -> None:

@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from sft_sweeps import inspect
-from sft_sweeps.masking.strategies import strategy_names
 from sft_sweeps.masking import loss_weights
+from sft_sweeps.masking.strategies import strategy_names
 from sft_sweeps.tokenizer import build_embedded_tokenizer
 from tests.conftest import compose_config
 

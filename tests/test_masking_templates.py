@@ -15,7 +15,7 @@ import trl
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from sft_sweeps.masking import ASSISTANT, TemplateError, annotate, loss_weights
+from sft_sweeps.masking import ASSISTANT, TOOL_CALL, TemplateError, annotate, loss_weights
 
 TEMPLATES = Path(trl.__file__).parent / "chat_templates"
 
@@ -257,3 +257,95 @@ def test_shape_cache_gives_what_prefix_rendering_of_the_conversation_gives(famil
             assert [layout for layout, _, _ in cached] == direct, (family, name)
     cache = annotator.cache(False)
     assert cache.hits > 0
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+def _call(city: str, call_id: str | None = None) -> dict:
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+    return call | ({"id": call_id} if call_id else {})
+
+
+# Parallel calls after text, then a round whose call message has no text, as the data readers produce them.
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Oslo and Rome?"},
+    {
+        "role": "assistant",
+        "content": "Let me check.",
+        "tool_calls": [_call("Oslo", "c1"), _call("Rome", "c2")],
+    },
+    {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": "RESULT 5C"},
+    {"role": "tool", "tool_call_id": "c2", "name": "get_weather", "content": "RESULT 20C"},
+    {"role": "assistant", "content": "Oslo 5C, Rome 20C."},
+    {"role": "user", "content": "And Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [_call("Paris")]},
+    {"role": "tool", "content": "RESULT 12C"},
+    {"role": "assistant", "content": "12C."},
+]
+
+
+def _supervised_by_role(tok, messages, strategy: str) -> dict[str, str]:
+    conversation = annotate(tok, messages, TOOLS)
+    _, weights = loss_weights(tok, messages, strategy, tools=TOOLS)
+    out: dict[str, list[int]] = {}
+    for i, (m, k) in enumerate(zip(conversation.tokens.message, conversation.tokens.kind, strict=True)):
+        if weights[i] > 0:
+            key = "tool_call" if k == TOOL_CALL else messages[m]["role"]
+            out.setdefault(key, []).append(int(conversation.tokens.input_ids[i]))
+    return {key: tok.decode(ids) for key, ids in out.items()}
+
+
+@pytest.mark.parametrize("merges", [False, True], ids=["bytes", "bpe"])
+@pytest.mark.parametrize("family", ["qwen2_5", "qwen3", "qwen3_instruct_2507", "glm4moe", "deepseekv3"])
+def test_tool_conversation_masks_equal_trl_assistant_masks(family, merges):
+    """`all` on a tool conversation is TRL's `assistant_only_loss`: tool calls in, tool results out."""
+    tok = family_tokenizer(family, merges=merges)
+    reference = tok.apply_chat_template(
+        TOOL_CONVERSATION, tools=TOOLS, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, weights = loss_weights(tok, TOOL_CONVERSATION, "all", tools=TOOLS)
+    assert ids == reference["input_ids"]
+    assert [int(w > 0) for w in weights] == reference["assistant_masks"]
+    supervised = _supervised_by_role(tok, TOOL_CONVERSATION, "all")
+    assert set(supervised) == {"assistant", "tool_call"}  # no tool result, no prompt
+    for city in ("Oslo", "Rome", "Paris"):
+        assert city in supervised["tool_call"]
+    assert "RESULT" not in supervised["tool_call"] + supervised["assistant"]  # results never
+
+
+def test_llama3_1_tool_calls_are_supervised_and_ipython_results_are_not():
+    """Llama 3.1 has no training template in TRL: prefix rendering of the original finds the same split
+    (its template puts the tools into the first user message and renders one call per message)."""
+    tok = offline_tokenizer(
+        (TEMPLATES / "llama3_1.jinja").read_text(), bos="<|begin_of_text|>", eos="<|eot_id|>"
+    )
+    messages = [m for m in TOOL_CONVERSATION if m.get("tool_call_id") != "c2"]
+    messages[2] = {"role": "assistant", "content": "", "tool_calls": [_call("Oslo", "c1")]}
+    ids, weights = loss_weights(tok, messages, "all", tools=TOOLS)
+    supervised = tok.decode([i for i, w in zip(ids, weights, strict=True) if w > 0])
+    assert supervised == (
+        '{"name": "get_weather", "parameters": {"city": "Oslo"}}<|eot_id|>Oslo 5C, Rome 20C.<|eot_id|>'
+        '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>12C.<|eot_id|>'
+    )
+    assert set(_supervised_by_role(tok, messages, "last_round")) == {"assistant", "tool_call"}
+
+
+def test_template_that_drops_tool_calls_is_refused_not_trained_without_them():
+    tok = family_tokenizer("lfm2")  # LFM2 expects calls written in the content
+    with pytest.raises(TemplateError, match=r"renders nothing for the message's tool_calls.*message 2"):
+        loss_weights(tok, TOOL_CONVERSATION, "all", tools=TOOLS)

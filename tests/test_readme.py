@@ -85,6 +85,10 @@ PLAN: dict[str, Check] = {
     "train=gpu hydra.run.dir=outputs/qwen_ddp": SKIP(
         "needs 4 GPUs and the hub (DDP is tested on CPU: test_ddp)"
     ),
+    "python -m sft_sweeps.inspect masking=last_round dataset=local_jsonl "
+    "dataset.path=tests/fixtures/data/agent_llamafactory.json dataset.num_validation=0 dataset.num_test=0": RUN(
+        *SMOKE, replace=("tests/fixtures/", f"{ROOT}/tests/fixtures/")
+    ),
     "python -m sft_sweeps -m masking=full,last,all,weighted dataset=sharegpt": RUN(*QUIET),
     "python -m sft_sweeps.calibrate --eval experiment=paper_run model=qwen2_5_0_5b dataset=ultrachat_200k": SKIP(
         GPU_HUB + " (calibration runs on the embedded model: test_paper_run)"

@@ -81,6 +81,7 @@ class _Conversation:
     task: str | None  # None: NLL only
     messages: list[dict[str, Any]]
     turns: list[int]  # index in `messages` of each assistant message
+    tools: list[dict[str, Any]] | None = None  # the record's tool schemas, rendered by the template
 
 
 def evaluate(
@@ -194,11 +195,7 @@ def evaluate_nll(
     gold_prompts = _turn_prompts(tokenizer, convs)
     with Progress(disable=not progress, transient=True) as bars:
         nll_bar = bars.add_task("assistant NLL", total=len(convs))
-        full_ids = (
-            tokenizer.apply_chat_template([c.messages for c in convs], tokenize=True, return_dict=False)
-            if convs
-            else []
-        )
+        full_ids = _conversation_ids(tokenizer, convs)
         spans = [
             assistant_spans(ids, prompts, stops, c.id)
             for ids, prompts, c in zip(full_ids, gold_prompts, convs, strict=True)
@@ -269,7 +266,7 @@ def answer_every_turn(
         own_answers = rollout(
             model,
             tokenizer,
-            [OwnHistory(c.messages, c.turns) for c in convs],
+            [OwnHistory(c.messages, c.turns, c.tools) for c in convs],
             batch_size,
             max_new_tokens,
             window,
@@ -298,12 +295,26 @@ def _parse(record: dict, position: int) -> _Conversation:
     if not turns:
         raise ValueError(f"eval record {record_id!r}: field 'messages' has no assistant message to score")
     task = record.get("task")
-    return _Conversation(record_id, task if task in TEXT_TASKS else None, messages, turns)
+    return _Conversation(
+        record_id, task if task in TEXT_TASKS else None, messages, turns, record.get("tools")
+    )
+
+
+def _conversation_ids(tokenizer: PreTrainedTokenizerBase, convs: list[_Conversation]) -> list[list[int]]:
+    """Each whole conversation rendered as in training: with its tools, when it declares any."""
+    if not convs:
+        return []
+    if all(c.tools is None for c in convs):
+        return tokenizer.apply_chat_template([c.messages for c in convs], tokenize=True, return_dict=False)
+    return [
+        tokenizer.apply_chat_template(c.messages, tools=c.tools, tokenize=True, return_dict=False)
+        for c in convs
+    ]
 
 
 def _turn_prompts(tokenizer: PreTrainedTokenizerBase, convs: list[_Conversation]) -> list[list[list[int]]]:
     histories = [c.messages[:i] for c in convs for i in c.turns]
-    flat = iter(prompt_ids(tokenizer, histories))
+    flat = iter(prompt_ids(tokenizer, histories, [c.tools for c in convs for _ in c.turns]))
     return [[next(flat) for _ in c.turns] for c in convs]
 
 

@@ -1,9 +1,10 @@
 """The masking engine: per-token loss weights for multi-turn chat SFT, from any chat template.
 
-A conversation is rendered with the tokenizer's chat template and tokenized once; every token learns its
-message, role, assistant turn and kind (template scaffolding, message content, or assistant text including
-the end-of-turn token). Strategies then only compute weights from those labels, so a sweep over
-strategies tokenizes once (`build_dataset` caches the tokenization on disk).
+A conversation is rendered with the tokenizer's chat template (with its `tools`) and tokenized once; every
+token learns its message, role, assistant turn and kind (template scaffolding, message content, assistant
+text including the end-of-turn token, or the text of the assistant's tool calls); with the role, a prompt
+token is system, user or tool-result text. Strategies then only compute weights from those labels, so a
+sweep over strategies tokenizes once (`build_dataset` caches the tokenization on disk).
 
 Public surface:
     loss_weights: `(input_ids, weights)` of one conversation under one strategy.
@@ -25,7 +26,7 @@ from sft_sweeps.masking.dataset import MaskingStats, build_dataset, tokenizer_fi
 from sft_sweeps.masking.render import TemplateError
 from sft_sweeps.masking.sample import Annotator, Conversation
 from sft_sweeps.masking.strategies import check_strategy
-from sft_sweeps.masking.tokens import ASSISTANT, CONTENT, KIND_NAMES, SCAFFOLD
+from sft_sweeps.masking.tokens import ASSISTANT, CONTENT, KIND_NAMES, SCAFFOLD, TOOL_CALL
 from sft_sweeps.masking.weights import (
     MessageWeightError,
     assistant_turns,
@@ -45,6 +46,7 @@ __all__ = [
     "ConversationError",
     "MaskingStats",
     "MessageWeightError",
+    "TOOL_CALL",
     "TemplateError",
     "annotate",
     "assistant_turns",
@@ -103,7 +105,13 @@ def sample_weights(
     assistant, other = message_factors([m["role"] for m in messages], weights, masking)
     tokens = conversation.tokens
     return token_weights(
-        tokens.message, tokens.kind, assistant, other, conversation.target, np.float64
+        tokens.message,
+        tokens.kind,
+        assistant,
+        other,
+        conversation.target,
+        np.float64,
+        tool_call_weight=masking.tool_call_weight,
     ).tolist()
 
 
@@ -119,25 +127,33 @@ def loss_weights(
 
     The weight of token t weighs the loss of predicting token t (the trainer shifts labels as usual).
     With `w(m)` the weight of message m (its `message_weight_field`, default `weight`: a number >= 0, or a
-    bool such as Axolotl's `train`; 1 when absent) and "assistant text" meaning the content of an assistant
-    message plus its end-of-turn token (not its header):
+    bool; 1 when absent; times 0 when the message says `train: false`, Axolotl's exclusion) and "assistant
+    text" meaning the content of an assistant message, the text of its tool calls and its end-of-turn
+    token (not its header):
 
-    - `full`: every token of message m weighs `w(m)`; template text outside every message weighs 1.
+    - `full`: every token of message m weighs `w(m)`, tool results included; template text outside every
+      message weighs 1.
     - `all`: assistant text of message m weighs `w(m)`; everything else 0.
-    - `last`: like `all`, for the last assistant message only.
+    - `last`: like `all`, for the last assistant message only (in an agent trajectory: the final answer).
+    - `last_round`: like `all`, for the assistant messages after the last user message (the final round of
+      tool calls and the answer).
     - `weighted`: assistant text weighs `schedule(turn) * w(m)`, where the schedule is 1 (`constant`) or
       `turn_decay ** (turns after this one)` (`decay`); every other token of message m (system, user and
       tool text, and all headers) weighs `prompt_weight * w(m)`.
+
+    On top of any strategy: tool-call tokens are multiplied by `tool_call_weight` (default 1), and
+    `system_weight`, `user_weight`, `tool_result_weight` (default null) replace the strategy's prompt weight
+    for every token of the messages of that role.
 
     So a message with `train: false` or `weight: 0` is never supervised, under any strategy (as in Axolotl).
 
     Args:
         tokenizer: a fast tokenizer with a chat template.
         messages: `[{"role", "content", ...}]`, roles system, user, assistant, tool.
-        strategy: `full`, `last`, `all` or `weighted`.
+        strategy: `full`, `last`, `last_round`, `all` or `weighted`.
         tools: tool schemas passed to the chat template.
         **params: MaskingConfig's weight fields: `prompt_weight`, `turn_schedule`, `turn_decay`,
-            `message_weight_field`.
+            `message_weight_field`, `tool_call_weight`, `system_weight`, `user_weight`, `tool_result_weight`.
 
     Returns:
         `(input_ids, weights)`, equal lengths.

@@ -34,7 +34,8 @@ from sft_sweeps.masking.weights import message_factors, message_weights, token_w
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the cached columns or their meaning change (2: key and checksum stored)
+# Bump when the cached columns or their meaning change (2: key and checksum stored; 3: TOOL_CALL kind).
+CACHE_VERSION = 3
 _COLUMNS = ("conversation", "target", "input_ids", "message", "kind")
 _CHECKED_METADATA = (b"conversation_tokens", b"markers")  # what build_dataset reads besides the columns
 _KEY_FIELD, _CHECKSUM_FIELD = b"sft_sweeps.cache_key", b"sft_sweeps.checksum"
@@ -253,7 +254,8 @@ def build_dataset(
     Args:
         tokenizer: a fast tokenizer with a chat template.
         conversations: records `{"id", "messages": [{"role", "content", ...}], "tools"?}`; other keys are
-            ignored. A message's `masking.message_weight_field` (`weight`, Axolotl's `train`) scales it.
+            ignored. A message's `masking.message_weight_field` (`weight` by default) scales it, and a
+            `train: false` message (Axolotl) is never supervised.
         masking: strategy and parameters; `expand_turns` makes one sample per supervised assistant turn.
         max_length: tokens kept per sample.
         truncation_mode: `keep_start` keeps the first `max_length` tokens, `keep_end` the last.
@@ -309,7 +311,14 @@ def build_dataset(
         if t >= 0 and assistant[t] <= 0:
             continue  # a turn this strategy does not supervise makes no sample
         a, b = int(offsets[row]), int(offsets[row + 1])
-        w = token_weights(msg[a:b], kind[a:b], assistant, other, t if t >= 0 else None)
+        w = token_weights(
+            msg[a:b],
+            kind[a:b],
+            assistant,
+            other,
+            t if t >= 0 else None,
+            tool_call_weight=masking.tool_call_weight,
+        )
         stats.samples += 1
         samples_per_conv[i] += 1
         sample_tokens[i] += b - a

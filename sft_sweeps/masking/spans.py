@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sft_sweeps.masking.render import Renderer, TemplateError
@@ -40,6 +40,7 @@ class Layout:
         assistant: `(start, end, k)` spans the assistant message k is trained to write, end-of-turn included.
         content: where each message's own text lies, or None where the template rewrote it (e.g. stripped it).
         source: `markers` (from `{% generation %}` blocks) or `prefix` (from prefix rendering).
+        tool_calls: `(start, end, k)`: where assistant message k's `tool_calls` lie, in its assistant span.
     """
 
     text: str
@@ -47,6 +48,7 @@ class Layout:
     assistant: list[tuple[int, int, int]]
     content: list[tuple[int, int] | None]
     source: str
+    tool_calls: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -77,6 +79,14 @@ def _closing_cuts(text: str, specials: tuple[str, ...]) -> list[int]:
             p -= len(token)
         cuts.append(p)
     return cuts
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    """Length of the longest common suffix of `a` and `b`, at most `limit`."""
+    n = 0
+    while n < limit and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
+        n += 1
+    return n
 
 
 def _outside_specials(text: str, pos: int, specials: tuple[str, ...]) -> int:
@@ -115,6 +125,16 @@ class _Prefixes:
             raise self.fail(
                 max(k - 1, 0), f"rendering messages[:{k}] failed ({type(e).__name__}: {e})"
             ) from e
+
+    def render_prefix(self, k: int) -> str | None:
+        """The render of `messages[:k]`, or None when it ends on a system message that the template refuses
+        to render alone (Llama 3.1 puts `tools` into the first user message and raises without one)."""
+        try:
+            return self.render(k)[0]
+        except TemplateError:
+            if self.messages[k - 1].get("role") == "system" and k < len(self.messages):
+                return None
+            raise
 
     def boundary(self, prefix: str, full: str, k: int, floor: int) -> int:
         """Where message k starts in `full`, given the render `prefix` of the messages before it."""
@@ -199,10 +219,12 @@ def compute_layouts(
     n = len(messages)
     p = _Prefixes(renderer, messages, tools, where, specials)
     full, blocks = p.render(n, markers=markers)
-    prefixes = [p.render(k)[0] for k in range(1, n)] + [full]  # prefixes[k]: messages[:k+1]
-    starts = [0]
+    prefixes = [p.render_prefix(k) for k in range(1, n)] + [full]  # prefixes[k]: messages[:k+1]
+    starts = [_tools_preamble(renderer, tools, full, prefixes[0])]
     for k in range(1, n):
-        starts.append(p.boundary(prefixes[k - 1], full, k, starts[-1]))
+        previous = prefixes[k - 1]
+        # A system prefix the template refuses alone: its text goes to the next message (see render_prefix).
+        starts.append(starts[-1] if previous is None else p.boundary(previous, full, k, starts[-1]))
     ends = starts[1:] + [len(full)]
     roles = [m.get("role") for m in messages]
     source = "markers" if markers else "prefix"
@@ -212,6 +234,7 @@ def compute_layouts(
             if roles[k] == "assistant":
                 own[k] = p.generation_start(k, prefixes[k - 1] if k else "", full, starts[k], ends[k])
     content = _content_spans(renderer, messages, tools, full, starts, ends)
+    calls = _tool_call_spans(p, prefixes, starts, ends, content)
 
     def assistant_spans(
         text: str, text_blocks: list[tuple[int, int]], upto: int
@@ -232,7 +255,7 @@ def compute_layouts(
             out.append((s, e, k))
         return out
 
-    layouts = [Layout(full, starts, assistant_spans(full, blocks, n), content, source)]
+    layouts = [Layout(full, starts, assistant_spans(full, blocks, n), content, source, calls)]
     if expand:
         for k in range(n):
             if roles[k] == "assistant":
@@ -246,9 +269,72 @@ def compute_layouts(
                         assistant_spans(text, text_blocks, k + 1),
                         content[: k + 1],
                         source,
+                        [c for c in calls if c[2] <= k],
                     )
                 )
     return layouts
+
+
+def _tools_preamble(renderer: Renderer, tools: Any, full: str, first: str | None) -> int:
+    """Where the first message starts: after the text the template writes for `tools` alone, when it writes
+    that before any message (the embedded template's tools block without a system message): that text is
+    the template's, not the first user message's. 0 otherwise (a template that puts the tools in the system
+    message gives them to it)."""
+    if not tools or first is None:
+        return 0
+    try:
+        alone = renderer.render([], tools)
+    except Exception:  # noqa: BLE001 - templates that index messages[0] fail on none; the tools stay with it
+        return 0
+    before_first = alone and alone != first and first.startswith(alone) and full.startswith(alone)
+    return len(alone) if before_first else 0
+
+
+def _tool_call_spans(
+    p: _Prefixes,
+    prefixes: list[str],
+    starts: list[int],
+    ends: list[int],
+    content: list[tuple[int, int] | None],
+) -> list[tuple[int, int, int]]:
+    """Where each assistant message's tool calls lie: the text its render has beyond the same message without
+    `tool_calls` (common prefix and suffix of the two renders cut off).
+
+    Raises:
+        TemplateError: the template renders no text for a message's tool calls (they would be lost silently).
+    """
+    out = []
+    for k, message in enumerate(p.messages):
+        if message.get("role") != "assistant" or not message.get("tool_calls"):
+            continue
+        plain = {key: value for key, value in message.items() if key != "tool_calls"}
+        plain.setdefault("content", "")
+        with_calls = prefixes[k]
+        try:
+            without = p.renderer.render([*p.messages[:k], plain], p.tools)
+        except Exception as e:  # jinja raises whatever a template's raise_exception says
+            why = f"rendering the message without its tool calls failed ({type(e).__name__}: {e})"
+            raise p.fail(k, why) from e
+        a = _common_prefix(with_calls, without)
+        suffix = _common_suffix(with_calls, without, min(len(with_calls), len(without)))
+        inserted, lowest = len(with_calls) - len(without), len(without) - suffix
+        if inserted > 0 and lowest <= a:
+            # The calls are inserted text: it may start anywhere in [lowest, a] (the renders share the
+            # characters around it); the template writes them after the message's text, so start there.
+            text_end = content[k][1] if content[k] is not None else starts[k]
+            a = min(max(lowest, text_end), a)
+            b = a + inserted
+        else:  # the template changes more than the calls: what differs between the renders
+            b = len(with_calls) - min(suffix, len(without) - a)
+        a, b = max(a, starts[k]), min(b, ends[k])
+        if b <= a:
+            raise p.fail(
+                k,
+                "the template renders nothing for the message's tool_calls (they would be lost); use a "
+                "chat template with tool support",
+            )
+        out.append((a, b, k))
+    return out
 
 
 def _content_spans(
@@ -260,7 +346,7 @@ def _content_spans(
     ends: list[int],
 ) -> list[tuple[int, int] | None]:
     """Where each message's own text lies: exact when the template copies content verbatim, else searched."""
-    texts = [m.get("content") if isinstance(m.get("content"), str) else None for m in messages]
+    texts = _texts(messages)
     marked = [
         dict(m, content=_PLACEHOLDER.format(i)) if texts[i] is not None else m for i, m in enumerate(messages)
     ]
@@ -277,6 +363,13 @@ def _content_spans(
         at = full.find(needle, starts[i], ends[i]) if needle else -1
         found.append((at, at + len(needle)) if at >= 0 else None)
     return found
+
+
+def _texts(messages: list[dict[str, Any]]) -> list[str | None]:
+    # Empty content gets no placeholder: templates test it (`if message.content`) before tool calls.
+    return [
+        m.get("content") if isinstance(m.get("content"), str) and m["content"] else None for m in messages
+    ]
 
 
 class _Splice:
@@ -345,7 +438,7 @@ class LayoutCache:
         where: str = "the conversation",
     ) -> list[Layout]:
         """As `compute_layouts(renderer, messages, ...)`, in one render when the shape is known."""
-        texts = [m.get("content") if isinstance(m.get("content"), str) else None for m in messages]
+        texts = _texts(messages)
         marked = [
             dict(m, content=_PLACEHOLDER.format(i)) if texts[i] is not None else m
             for i, m in enumerate(messages)
@@ -400,4 +493,5 @@ def _mapped(layout: Layout, splice: _Splice) -> Layout:
         assistant=[(splice.map(s), splice.map(e), k) for s, e, k in layout.assistant],
         content=splice.content[: len(layout.starts)],
         source=layout.source,
+        tool_calls=[(splice.map(s), splice.map(e), k) for s, e, k in layout.tool_calls],
     )

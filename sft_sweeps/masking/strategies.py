@@ -2,7 +2,9 @@
 
 A strategy is a function of the masking config returning a `StrategyWeights`: the factor of each
 assistant turn (by its index and the last turn's) and the weight of every other token (system, user and
-tool text, headers, template text). `sft_sweeps.masking.weights.message_factors` applies it; per-message
+tool text, headers, template text). Parameters shared by every strategy apply on top: per-role prompt
+weights (`masking.system_weight`, `user_weight`, `tool_result_weight`) and a factor on tool-call tokens
+(`masking.tool_call_weight`). `sft_sweeps.masking.weights.message_factors` applies it; per-message
 weights from the data (`weight`/`train` fields) multiply in there, for every strategy.
 
 Adding a strategy is this registry entry and its YAML, nothing else. For example, supervising only the
@@ -39,11 +41,16 @@ class StrategyWeights:
 
     Attributes:
         turn: factor of assistant turn `t` (0-based) when the conversation's last assistant turn is `last`.
-        prompt: weight of every token the assistant does not write.
+            Every assistant message is a turn, a message that only calls tools included.
+        prompt: weight of every token the assistant does not write (the per-role `masking.system_weight`,
+            `user_weight`, `tool_result_weight` replace it for their role when set).
+        last_round: only the assistant messages after the last user message (the final round of tool calls
+            and the answer) get their `turn` factor; earlier ones get 0.
     """
 
     turn: Callable[[int, int], float]
     prompt: float
+    last_round: bool = False
 
 
 STRATEGIES: dict[str, Callable[[MaskingConfig], StrategyWeights]] = {}
@@ -82,8 +89,15 @@ def full(masking: MaskingConfig) -> StrategyWeights:
 
 @strategy("last")
 def last(masking: MaskingConfig) -> StrategyWeights:
-    """The last assistant message only (LLaMA-Factory's `mask_history`)."""
+    """The last assistant message only (LLaMA-Factory's `mask_history`, open-instruct's last turn): in an
+    agent trajectory the final answer, every tool call before it masked."""
     return StrategyWeights(turn=lambda t, last_turn: float(t == last_turn), prompt=0.0)
+
+
+@strategy("last_round")
+def last_round(masking: MaskingConfig) -> StrategyWeights:
+    """Every assistant message after the last user message: the final tool calls and the answer (ms-swift)."""
+    return StrategyWeights(turn=lambda t, last: 1.0, prompt=0.0, last_round=True)
 
 
 @strategy("all")

@@ -9,9 +9,11 @@ from transformers import PreTrainedTokenizerBase
 
 from sft_sweeps.masking.spans import Layout
 
-# What a token is. The assistant's end-of-turn token is ASSISTANT: the model must learn to stop.
-SCAFFOLD, CONTENT, ASSISTANT = 0, 1, 2
-KIND_NAMES = ("scaffold", "content", "assistant")
+# What a token is. The assistant's end-of-turn token is ASSISTANT: the model must learn to stop. TOOL_CALL is
+# assistant output too (the text of its `tool_calls`); every kind >= ASSISTANT is written by the assistant.
+# Which prompt a SCAFFOLD or CONTENT token belongs to (system, user, tool result) is its message's role.
+SCAFFOLD, CONTENT, ASSISTANT, TOOL_CALL = 0, 1, 2, 3
+KIND_NAMES = ("scaffold", "content", "assistant", "tool_call")
 
 
 @dataclass
@@ -20,7 +22,7 @@ class Annotated:
 
     input_ids: np.ndarray  # int64
     message: np.ndarray  # int32
-    kind: np.ndarray  # int8: SCAFFOLD, CONTENT or ASSISTANT
+    kind: np.ndarray  # int8: SCAFFOLD, CONTENT, ASSISTANT or TOOL_CALL
     offsets: np.ndarray  # int64, shape (tokens, 2): the token's characters in the layout's text
 
 
@@ -46,7 +48,7 @@ def label_tokens(offsets: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.nd
     A token belongs to the message whose segment holds its first character. A token that overlaps a
     message's content is CONTENT, and one that overlaps an assistant span is ASSISTANT; both as
     `return_assistant_tokens_mask` does (from the token holding the span's first character to the one
-    holding its last).
+    holding its last); one that overlaps the text of the assistant's tool calls is TOOL_CALL.
     """
     starts, ends = offsets[:, 0], offsets[:, 1]
     message = (np.searchsorted(np.asarray(layout.starts), starts, side="right") - 1).astype(np.int32)
@@ -65,6 +67,10 @@ def label_tokens(offsets: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.nd
             mark(span[0], span[1], k, CONTENT)
     for a, b, k in layout.assistant:
         mark(a, b, k, ASSISTANT)
+    for a, b, k in layout.tool_calls:  # within what the template says the assistant writes
+        for s, e, owner in layout.assistant:
+            if owner == k:
+                mark(max(a, s), min(b, e), k, TOOL_CALL)
     return message, kind
 
 
