@@ -32,6 +32,7 @@ from sft_sweeps.evaluation.benchmarks import (
     optimized_metric,
     run_benchmarks,
 )
+from sft_sweeps.evaluation.judge import missing_grades, retry_request_failures
 from sft_sweeps.identity import RunRecord, masking_label
 from sft_sweeps.masking import build_dataset
 from sft_sweeps.metrics import VALIDATION_PREFIX
@@ -130,6 +131,8 @@ def _run_locked(cfg: DictConfig, settings: Config, run_dir: str) -> RunRecord:
         and previous.config_hash == record.config_hash
     ):
         if previous.data_fingerprint == splits.fingerprint:
+            if missing_grades(previous.items_for("judge")) and "judge" in settings.eval.benchmarks:
+                return _retry_judge(cfg, settings, previous, splits, run_dir)
             log.info(
                 "skipping %s: result.json says done for config %s (resume=false reruns it)",
                 run_dir,
@@ -167,6 +170,35 @@ def _run_locked(cfg: DictConfig, settings: Config, run_dir: str) -> RunRecord:
             record.status = "interrupted"
         write_record(run_dir, record)
         tracker.finish(record.status if record.status in ("done", "failed") else "failed")
+    return record
+
+
+def _retry_judge(
+    cfg: DictConfig, settings: Config, record: RunRecord, splits: Splits, run_dir: str
+) -> RunRecord:
+    """A done run whose judge requests failed: ask the judge again for exactly those (the record's answers,
+    no training), and update the record and its W&B summary."""
+    log.info(
+        "%s: done, %d judge grades missing: asking the judge again",
+        run_dir,
+        missing_grades(record.items_for("judge")),
+    )
+    metrics, by_depth, items = retry_request_failures(record.items_for("judge") or [], settings, splits.test)
+    record.metrics = {k: v for k, v in record.metrics.items() if not k.startswith("judge/")}
+    record.metrics.update({f"judge/{k}": v for k, v in metrics.items()})
+    record.by_depth = {k: v for k, v in record.by_depth.items() if not k.startswith("judge/")}
+    record.by_depth.update(
+        {f"judge/{k}": {str(d): v for d, v in values.items()} for k, values in by_depth.items()}
+    )
+    assert isinstance(record.eval_items, dict)
+    record.eval_items["judge"] = items
+    write_record(run_dir, record)
+    tracker = make_tracker(cfg, run_dir, run_id=(record.wandb or {}).get("run_id"))
+    try:
+        tracker.log_summary({f"judge/{k}": v for k, v in metrics.items()})
+        tracker.log_table("eval_items/judge", items)
+    finally:
+        tracker.finish("done")
     return record
 
 
