@@ -35,7 +35,7 @@ from sft_sweeps.evaluation.benchmarks import (
 from sft_sweeps.evaluation.judge import missing_grades, retry_request_failures
 from sft_sweeps.identity import RunRecord, masking_label
 from sft_sweeps.masking import build_dataset
-from sft_sweeps.metrics import VALIDATION_PREFIX
+from sft_sweeps.metrics import VALIDATION_PREFIX, is_detail
 from sft_sweeps.modeling import build_model, count_parameters
 from sft_sweeps.record import (
     RunLock,
@@ -183,7 +183,15 @@ def _retry_judge(
         run_dir,
         missing_grades(record.items_for("judge")),
     )
-    metrics, by_depth, items = retry_request_failures(record.items_for("judge") or [], settings, splits.test)
+    try:
+        metrics, by_depth, items = retry_request_failures(
+            record.items_for("judge") or [], settings, splits.test
+        )
+    except Exception as e:  # noqa: BLE001 - the run stays done, its grades still missing, for the next rerun
+        log.error(
+            "%s: asking the judge again failed, grades still missing: %s: %s", run_dir, type(e).__name__, e
+        )
+        return record
     record.metrics = {k: v for k, v in record.metrics.items() if not k.startswith("judge/")}
     record.metrics.update({f"judge/{k}": v for k, v in metrics.items()})
     record.by_depth = {k: v for k, v in record.by_depth.items() if not k.startswith("judge/")}
@@ -274,7 +282,8 @@ def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker:
     )
     for benchmark, items in evaluated["eval_items"].items():
         tracker.log_table(f"eval_items/{benchmark}", items)
-    log.info("%s: %s", label, {k: round(v, 4) for k, v in metrics.items()})
+    # Multi-IF's turn x language cells (hundreds of keys) are in result.json and W&B, not in this line.
+    log.info("%s: %s", label, {k: round(v, 4) for k, v in metrics.items() if not is_detail(k)})
     return {
         "metrics": metrics,
         "by_depth": evaluated["by_depth"],

@@ -238,7 +238,14 @@ def test_check_says_how_to_make_the_judge_runnable(tmp_path, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(BenchmarkUnavailable, match="eval.judge.base_url is not set"):
         JudgeBenchmark().check(judge_settings(tmp_path))
-    ready = {"base_url": "http://127.0.0.1:8000/v1", "model": "judge", "api_key_env": KEY_ENV}
+    # No preflight: whatever listens on port 8000 of this machine must not decide this test (the preflight
+    # has its own tests against a server of their own).
+    ready = {
+        "base_url": "http://127.0.0.1:8000/v1",
+        "model": "judge",
+        "api_key_env": KEY_ENV,
+        "preflight": False,
+    }
     with pytest.raises(BenchmarkUnavailable, match=f"{KEY_ENV}, which is not set"):
         JudgeBenchmark().check(judge_settings(tmp_path, **ready))
     monkeypatch.setenv(KEY_ENV, SECRET)
@@ -631,3 +638,28 @@ def test_a_sweep_run_whose_judge_failed_is_retried_without_training_and_reported
     judge.chat_requests = 0
     third = run(cfg, run_dir=run_dir)  # nothing missing: skipped, no request
     assert judge.chat_requests == 1 and third.metrics == second.metrics  # the preflight only
+
+
+def test_the_report_shows_mt_bench_as_fastchat_show_result_per_turn_average_and_category():
+    from sft_sweeps.report.analysis import analyze
+    from sft_sweeps.report.benchmarks import judge_md
+
+    def record(strategy: str, seed: int, grades: dict[int, float], failed: int) -> RunRecord:
+        metrics = {
+            "judge/mean_grade": sum(grades.values()) / len(grades),
+            "judge/writing/mean_grade": grades[1],
+            "judge/math/mean_grade": grades[2],
+            "judge/num_request_failures": float(failed),
+            "judge/num_parse_failures": 0.0,
+        }
+        by_depth = {"judge/mean_grade": {str(t): g for t, g in grades.items()}}
+        config = {"model": {"name": "m"}, "dataset": {"name": "d"}, "masking": {"name": strategy}}
+        data = {"status": "done", "seed": seed, "config": config, "metrics": metrics, "by_depth": by_depth}
+        return RunRecord.from_dict(data, f"{strategy}{seed}")
+
+    records = [record("all", 0, {1: 8.0, 2: 6.0}, 0), record("last", 0, {1: 7.0, 2: 5.0}, 2)]
+    (setting,) = analyze(records).settings
+    text = judge_md(setting)
+    assert "| strategy | First turn | Second turn | Average | math | writing | missing grades |" in text
+    assert "| all | 8.000 (n=1) | 6.000 (n=1) | 7.000 (n=1) | 6.000 (n=1) | 8.000 (n=1) | 0 |" in text
+    assert "2 failed requests, 0 without a grade" in text and "**2 grades missing**" in text

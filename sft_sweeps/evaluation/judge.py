@@ -479,9 +479,10 @@ def parse_grade(output: str, mode: str = "strict") -> float | None:
             `see [2]` is a citation, not a grade).
 
     Example:
-        >>> parse_grade('As in "Rating: [[5]]"... Rating: [[8]]'), parse_grade("See [2]."), parse_grade("[[11]]")
+        >>> quoted = 'As in "Rating: [[5]]"... Rating: [[8]]'
+        >>> parse_grade(quoted), parse_grade("See [2]."), parse_grade("[[11]]")
         (8.0, None, None)
-        >>> parse_grade('As in "Rating: [[5]]"... Rating: [[8]]', "fastchat"), parse_grade("See [2].", "fastchat")
+        >>> parse_grade(quoted, "fastchat"), parse_grade("See [2].", "fastchat")
         (5.0, 2.0)
     """
     if mode == "strict":
