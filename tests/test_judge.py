@@ -443,8 +443,15 @@ class FaultyJudge:
     """An OpenAI-compatible judge on 127.0.0.1 (http.server in a thread): `GET /v1/models` and
     `POST /v1/chat/completions`, answering as `mode` says. Requests are counted; stopped by `close`."""
 
-    def __init__(self, model: str = "judge-a", mode: str = "ok", models_endpoint: bool = True) -> None:
+    def __init__(
+        self,
+        model: str = "judge-a",
+        mode: str = "ok",
+        models_endpoint: bool = True,
+        listed: list | None = None,
+    ) -> None:
         self.model, self.mode, self.models_endpoint = model, mode, models_endpoint
+        self.listed = [model] if listed is None else listed  # what GET /v1/models says it serves
         self.chat_requests = 0
         judge = self
 
@@ -462,7 +469,8 @@ class FaultyJudge:
 
             def do_GET(self):  # noqa: N802 - http.server's name
                 if self.path == "/v1/models" and judge.models_endpoint:
-                    self._send(200, {"object": "list", "data": [{"id": judge.model, "object": "model"}]})
+                    data = [{"id": name, "object": "model"} for name in judge.listed]
+                    self._send(200, {"object": "list", "data": data})
                 else:
                     self._send(404, {"detail": "Not Found"})
 
@@ -539,12 +547,17 @@ def test_preflight_stops_a_wrong_model_name_before_training_quoting_the_server(
         JudgeBenchmark().check(settings)
     message = str(error.value)
     assert "\n" not in message and "eval.judge.model=judge-b" in message
-    if models_endpoint:  # the model is not among those the server lists
-        assert "does not serve this model" in message and "judge-a" in message and judge.chat_requests == 0
-    else:  # no /models: the chat completion's 400 and the server's own reason
-        assert "HTTP 400" in message and "Server is pinned to judge-a, got judge-b" in message
+    assert "HTTP 400" in message and "Server is pinned to judge-a, got judge-b" in message  # the server's own
+    assert ("GET /models lists ['judge-a']" in message) == models_endpoint
     JudgeBenchmark().check(served_settings(tmp_path, judge))  # the right name passes
     JudgeBenchmark().check(served_settings(tmp_path, judge, model="judge-b", preflight=False))  # opted out
+
+
+def test_preflight_warns_when_the_judge_answers_for_a_model_it_does_not_list(faulty_judge, tmp_path, caplog):
+    """`transformers serve` lists its hub cache, not the model it serves: the chat completion decides."""
+    judge = faulty_judge(listed=["some/other-model"])
+    JudgeBenchmark().check(served_settings(tmp_path, judge))
+    assert "answered, though GET /models does not list it" in caplog.text and judge.chat_requests == 1
 
 
 def test_preflight_warns_on_a_transient_failure_and_goes_on(faulty_judge, tmp_path, caplog):

@@ -612,9 +612,11 @@ class JudgeUnreachable(RuntimeError):
 def preflight(cfg: JudgeConfig) -> str | None:
     """One real round trip to the judge before any training: URL, model name and key proven.
 
-    `GET /models` where the server has it (the model must be listed), then a tiny chat completion. A
-    permanent error (HTTP 4xx, the model not listed) raises; a transient one (connection, timeout, 5xx, a
-    body that is not a chat completion) is returned as a warning line, and the run goes on.
+    `GET /models` where the server has it, then a tiny chat completion. A permanent error (HTTP 4xx other
+    than 408/409/429) raises, quoting the server, and naming the models `/models` lists when the configured
+    one is not among them; a transient one (connection, timeout, 5xx, a body that is not JSON) is returned as
+    a warning line and the run goes on. A model the server answers for without listing it (`transformers
+    serve` lists its hub cache, not the model it was started with) is a warning too.
 
     Raises:
         JudgeUnreachable: one line naming `eval.judge.*` and quoting the server.
@@ -626,15 +628,18 @@ def preflight(cfg: JudgeConfig) -> str | None:
         base_url=cfg.base_url, api_key=key or "EMPTY", timeout=min(cfg.timeout_s, 30.0), max_retries=0
     )
     where = f"eval.judge.base_url={cfg.base_url} eval.judge.model={cfg.model}"
+    served: list[str] | None = None
+
+    def permanent(error: openai.APIStatusError) -> bool:
+        return 400 <= error.status_code < 500 and error.status_code not in (404, 408, 409, 429)
+
     try:
         try:
             served = [m.id for m in client.models.list()]
-            if served and cfg.model not in served:
-                raise JudgeUnreachable(
-                    f"{where}: the judge does not serve this model; GET /models lists {served[:10]}"
-                )
-        except openai.NotFoundError:
-            pass  # a server without /models: the chat completion below proves the model name
+        except openai.APIStatusError as e:
+            if permanent(e):  # a bad key is refused here already
+                raise
+            # No /models on this server (404) or a transient error: the chat completion decides.
         client.chat.completions.create(
             model=cfg.model,
             messages=[{"role": "user", "content": "Reply with the rating [[1]] and nothing else."}],
@@ -643,13 +648,16 @@ def preflight(cfg: JudgeConfig) -> str | None:
         )
     except openai.APIStatusError as e:
         reason = _scrub(failure_reason(e), key)
-        if 400 <= e.status_code < 500 and e.status_code not in (408, 409, 429):
-            raise JudgeUnreachable(f"{where}: the judge refused a test request: {reason}") from None
+        if permanent(e) or e.status_code == 404:  # a chat endpoint that is not there is no transient error
+            listed = f" (GET /models lists {served[:10]})" if served and cfg.model not in served else ""
+            raise JudgeUnreachable(f"{where}: the judge refused a test request: {reason}{listed}") from None
         return f"judge preflight: {where}: transient failure, going on: {reason}"
     except (openai.OpenAIError, ValueError) as e:
         return f"judge preflight: {where}: transient failure, going on: {_scrub(failure_reason(e), key)}"
     finally:
         client.close()
+    if served and cfg.model not in served:
+        return f"judge preflight: {where}: answered, though GET /models does not list it ({served[:10]})"
     return None
 
 
