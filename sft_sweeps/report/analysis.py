@@ -373,7 +373,7 @@ def _analyze_setting(
     strategies = sorted(cells, key=lambda s: next(iter(cells[s].values())).strategy_key)
     done = {s: {seed: r for seed, r in cells[s].items() if r.status == "done"} for s in strategies}
     ordered = sort_keys({m for runs in done.values() for r in runs.values() for m in r.record.metrics})
-    # Detail metrics (Multi-IF's turn x language cells) have their own table (`render_benchmarks`).
+    # Detail metrics (Multi-IF's turn x language cells) have their own table (`sft_sweeps.report.benchmarks`).
     eval_metrics = [m for m in ordered if is_eval_metric(m) and not is_detail(m)]
     # Validation metrics only select (the Selection table shows them); they are not training figures either.
     train_metrics = [
