@@ -322,8 +322,13 @@ class MultiIFConfig:
     languages: list[str] = field(default_factory=list)
     max_items: int | None = 100
     max_new_tokens: int = 256
+    # multi_if: word and sentence counts language-aware, as Multi-IF's own evaluation (Chinese, Japanese,
+    # Thai, Hindi); lm_eval: lm-eval's IFEval checkers as they are (every language counted the English way).
+    scoring: str = "multi_if"
 
     def __post_init__(self) -> None:
+        scorings = ("multi_if", "lm_eval")
+        _check(self.scoring in scorings, "eval.multi_if.scoring", f"must be one of {scorings}", self.scoring)
         sources = ("builtin", "local", "hub")
         _check(self.source in sources, "eval.multi_if.source", f"must be one of {sources}", self.source)
         _check(
@@ -374,8 +379,15 @@ class JudgeConfig:
     max_retries: int = 3
     # Keep judgments under `<cache_dir>/judge/`: a rerun or a killed run does not pay the judge twice.
     cache: bool = True
+    # How a grade is read from a judgment: strict (only `[[n]]`, the last in 1-10) or fastchat (FastChat's
+    # rule: the first `[[n]]`, else the first `[n]`), for numbers comparable with published MT-Bench tables.
+    parse: str = "strict"
+    # Before training, one real request to the judge (GET /models, a tiny chat completion): a 4xx stops.
+    preflight: bool = True
 
     def __post_init__(self) -> None:
+        parses = ("strict", "fastchat")
+        _check(self.parse in parses, "eval.judge.parse", f"must be one of {parses}", self.parse)
         for key in ("max_new_tokens", "judge_max_tokens", "concurrency"):
             _check(getattr(self, key) > 0, f"eval.judge.{key}", "must be positive", getattr(self, key))
         _check(self.concurrency <= 256, "eval.judge.concurrency", "must be <= 256", self.concurrency)

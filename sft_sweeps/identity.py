@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sft_sweeps.config import AgentConfig, HeldOutConfig, MaskingConfig
+from sft_sweeps.config import AgentConfig, HeldOutConfig, JudgeConfig, MaskingConfig, MultiIFConfig
 from sft_sweeps.metrics import canonical_key
 
 # Keys that change how a run is observed, not what it computes: left out of the config hash.
@@ -50,19 +50,25 @@ def as_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return dict(cfg)
 
 
-def _added_keys() -> dict[str, Any]:
-    """Config keys added after runs were recorded (dotted path -> its default): left out of a config while
-    at their default, so a record written before them keeps its config hash (resume skips it), its setting
-    and its place in the report: it computed the same thing. Set away from the default, a key counts like
-    any. Masking parameters declare it with `hashed_at_default=False`; the sections of benchmarks added later
-    are listed here."""
-    added: dict[str, Any] = {
-        "eval.agent": dataclasses.asdict(AgentConfig()),
-        "eval.heldout": dataclasses.asdict(HeldOutConfig()),
+def _added_keys() -> dict[str, tuple[Any, str | None]]:
+    """Config keys added after runs were recorded: dotted path -> (its default, the benchmark it belongs to).
+
+    A key at its default is left out of a config when its benchmark is not listed (or it belongs to none),
+    so a record written before it keeps its config hash (resume skips it), its setting and its place in the
+    report: it computed the same thing. Set away from the default, or read by a listed benchmark (whose
+    scoring it may change: Multi-IF's language-aware counts, the judge's parse rule), it counts like any key.
+    Masking parameters declare it with `hashed_at_default=False`; benchmark settings are listed here.
+    """
+    added: dict[str, tuple[Any, str | None]] = {
+        "eval.agent": (dataclasses.asdict(AgentConfig()), "agent"),
+        "eval.heldout": (dataclasses.asdict(HeldOutConfig()), "heldout"),
+        "eval.multi_if.scoring": (MultiIFConfig.scoring, "multi_if"),
+        "eval.judge.parse": (JudgeConfig.parse, "judge"),
+        "eval.judge.preflight": (JudgeConfig.preflight, None),  # a check before work: never changes results
     }
     for f in dataclasses.fields(MaskingConfig):
         if f.metadata.get("hashed_at_default") is False:
-            added[f"masking.{f.name}"] = _default(f)
+            added[f"masking.{f.name}"] = (_default(f), None)
     return added
 
 
@@ -70,7 +76,10 @@ def comparable_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The resolved config as hashes and the report's settings see it: without the keys added later that sit
     at their default (`_added_keys`), so records from before a key existed compare equal to those after."""
     out = json.loads(json.dumps(as_dict(cfg), default=str))  # a deep copy
-    for path, default in _added_keys().items():
+    listed = set((out.get("eval") or {}).get("benchmarks") or [])
+    for path, (default, benchmark) in _added_keys().items():
+        if benchmark in listed:
+            continue
         *parents, last = path.split(".")
         node = out
         for key in parents:

@@ -24,8 +24,10 @@ from omegaconf import DictConfig
 from sft_sweeps import stages
 from sft_sweeps.cli import USER_ERRORS, full_error
 from sft_sweeps.data import Splits, load_splits
+from sft_sweeps.evaluation.judge import missing_grades, retry_request_failures
 from sft_sweeps.identity import RunRecord, masking_label
 from sft_sweeps.job import Job, make_job
+from sft_sweeps.metrics import is_detail
 from sft_sweeps.record import (
     RunLock,
     RunLockedError,
@@ -104,6 +106,8 @@ def _run_locked(job: Job, run_dir: str) -> RunRecord:
         and previous.config_hash == record.config_hash
     ):
         if previous.data_fingerprint == splits.fingerprint:
+            if missing_grades(previous.items_for("judge")) and "judge" in settings.eval.benchmarks:
+                return _retry_judge(job, previous, splits, run_dir)
             log.info(
                 "skipping %s: result.json says done for config %s (resume=false reruns it)",
                 run_dir,
@@ -139,6 +143,41 @@ def _run_locked(job: Job, run_dir: str) -> RunRecord:
             record.status = "interrupted"
         write_record(run_dir, record)
         tracker.finish(record.status if record.status in ("done", "failed") else "failed")
+    return record
+
+
+def _retry_judge(job: Job, record: RunRecord, splits: Splits, run_dir: str) -> RunRecord:
+    """A done run whose judge requests failed: ask the judge again for exactly those (the record's answers,
+    no training), and update the record and its W&B summary."""
+    log.info(
+        "%s: done, %d judge grades missing: asking the judge again",
+        run_dir,
+        missing_grades(record.items_for("judge")),
+    )
+    try:
+        metrics, by_depth, items = retry_request_failures(
+            record.items_for("judge") or [], job.settings, splits.test
+        )
+    except Exception as e:  # noqa: BLE001 - the run stays done, its grades still missing, for the next rerun
+        log.error(
+            "%s: asking the judge again failed, grades still missing: %s: %s", run_dir, type(e).__name__, e
+        )
+        return record
+    record.metrics = {k: v for k, v in record.metrics.items() if not k.startswith("judge/")}
+    record.metrics.update({f"judge/{k}": v for k, v in metrics.items()})
+    record.by_depth = {k: v for k, v in record.by_depth.items() if not k.startswith("judge/")}
+    record.by_depth.update(
+        {f"judge/{k}": {str(d): v for d, v in values.items()} for k, values in by_depth.items()}
+    )
+    assert isinstance(record.eval_items, dict)
+    record.eval_items["judge"] = items
+    write_record(run_dir, record)
+    tracker = make_tracker(job.config, run_dir, run_id=(record.wandb or {}).get("run_id"))
+    try:
+        tracker.log_summary({f"judge/{k}": v for k, v in metrics.items()})
+        tracker.log_table("eval_items/judge", items)
+    finally:
+        tracker.finish("done")
     return record
 
 
@@ -181,7 +220,8 @@ def _train_and_score(job: Job, splits: Splits, run_dir: str, tracker: Tracker, r
     )
     for benchmark, items in scores.eval_items.items():
         tracker.log_table(f"eval_items/{benchmark}", items)
-    log.info("%s: %s", label, {k: round(v, 4) for k, v in metrics.items()})
+    # Multi-IF's turn x language cells (hundreds of keys) are in result.json and W&B, not in this line.
+    log.info("%s: %s", label, {k: round(v, 4) for k, v in metrics.items() if not is_detail(k)})
     record.metrics, record.by_depth = metrics, scores.by_depth
     record.eval_items, record.benchmarks = scores.eval_items, scores.benchmarks
     record.data = {"fingerprint": splits.fingerprint, "stats": splits.stats, "masking": masking_stats}

@@ -7,11 +7,13 @@ to parse, which is what the failure counts must show. Nothing mocks the HTTP lay
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -28,12 +30,15 @@ from sft_sweeps.evaluation.judge import (
     judgment_from_reply,
     load_prompts,
     load_questions,
+    missing_grades,
     parse_grade,
     pick_prompt,
     questions_from_conversations,
     render,
+    retry_request_failures,
 )
 from sft_sweeps.identity import RunRecord
+from sft_sweeps.record import load_run_record
 from sft_sweeps.report.analysis import place_runs
 from sft_sweeps.tasks import make_splits
 from sft_sweeps.tokenizer import build_embedded_tokenizer
@@ -79,16 +84,41 @@ def cache_files(settings: Config) -> list[Path]:
 
 
 def test_grades_parse_as_fastchat_and_failures_are_not_numbers():
-    assert parse_grade("The answer is fine.\n\nRating: [[7]]") == 7.0
-    assert parse_grade("Rating: [8.5] and later [[3]]") == 3.0  # [[n]] wins over the backup [n]
-    assert parse_grade("Rating: [8.5]") == 8.5
-    assert parse_grade("Rating: [[0]]") is None  # outside 1-10
-    assert parse_grade("Rating: 7/10") is None
+    fastchat = "fastchat"
+    assert parse_grade("The answer is fine.\n\nRating: [[7]]", fastchat) == 7.0
+    assert parse_grade("Rating: [8.5] and later [[3]]", fastchat) == 3.0  # [[n]] wins over the backup [n]
+    assert parse_grade("Rating: [8.5]", fastchat) == 8.5
+    assert parse_grade("Rating: [[0]]", fastchat) is None  # outside 1-10
+    assert parse_grade("Rating: 7/10", fastchat) is None
     assert judgment_from_reply("Rating: [[9]]").status == "ok"
     assert judgment_from_reply("I cannot rate this.").status == "parse_failure"
     refused = judgment_from_reply(None, refusal="I can't help with that.")
     assert (refused.status, refused.grade, refused.output) == ("refusal", None, "I can't help with that.")
     assert judgment_from_reply("Rating: [[9]]", finish_reason="content_filter").status == "refusal"
+
+
+@pytest.mark.parametrize(
+    ("output", "fastchat", "strict"),
+    [
+        ("Good answer.\n\nRating: [[7]]", 7.0, 7.0),
+        ("See [2] for details; overall weak.", 2.0, None),  # a citation is not a grade
+        ('As asked, the format is "Rating: [[5]]". The answer is good. Rating: [[8]]', 5.0, 8.0),
+        ("Rating: [[12]] ... corrected: Rating: [[9]]", None, 9.0),  # FastChat stops at the first match
+        ("Rating: [8.5]", 8.5, None),
+        ("Rating: [[6.5]]", 6.5, 6.5),
+        ("no grade", None, None),
+    ],
+)
+def test_strict_and_fastchat_parse_differ_where_fastchat_takes_a_number_that_is_not_the_verdict(
+    output, fastchat, strict
+):
+    assert parse_grade(output, "fastchat") == fastchat
+    assert parse_grade(output, "strict") == strict
+    # The chosen rule decides what is a parse failure (and so `num_parse_failures`).
+    for mode, grade in (("fastchat", fastchat), ("strict", strict)):
+        assert judgment_from_reply(output, parse=mode).status == (
+            "ok" if grade is not None else "parse_failure"
+        )
 
 
 def test_turn_two_is_judged_with_turn_one_in_view_exactly_as_fastchat_renders_it():
@@ -208,7 +238,14 @@ def test_check_says_how_to_make_the_judge_runnable(tmp_path, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(BenchmarkUnavailable, match="eval.judge.base_url is not set"):
         JudgeBenchmark().check(judge_settings(tmp_path))
-    ready = {"base_url": "http://127.0.0.1:8000/v1", "model": "judge", "api_key_env": KEY_ENV}
+    # No preflight: whatever listens on port 8000 of this machine must not decide this test (the preflight
+    # has its own tests against a server of their own).
+    ready = {
+        "base_url": "http://127.0.0.1:8000/v1",
+        "model": "judge",
+        "api_key_env": KEY_ENV,
+        "preflight": False,
+    }
     with pytest.raises(BenchmarkUnavailable, match=f"{KEY_ENV}, which is not set"):
         JudgeBenchmark().check(judge_settings(tmp_path, **ready))
     monkeypatch.setenv(KEY_ENV, SECRET)
@@ -397,3 +434,245 @@ def test_the_report_never_puts_runs_judged_differently_in_one_setting():
     ]
     same = [RunRecord.from_dict(record(s, "aaa"), f"s{s}") for s in (0, 1)]
     assert len({r.setting for r in place_runs(same)}) == 1
+
+
+# --- fast: a real HTTP server on the loopback whose failures a test chooses -----------------------------
+
+
+class FaultyJudge:
+    """An OpenAI-compatible judge on 127.0.0.1 (http.server in a thread): `GET /v1/models` and
+    `POST /v1/chat/completions`, answering as `mode` says. Requests are counted; stopped by `close`."""
+
+    def __init__(
+        self,
+        model: str = "judge-a",
+        mode: str = "ok",
+        models_endpoint: bool = True,
+        listed: list | None = None,
+    ) -> None:
+        self.model, self.mode, self.models_endpoint = model, mode, models_endpoint
+        self.listed = [model] if listed is None else listed  # what GET /v1/models says it serves
+        self.chat_requests = 0
+        judge = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # noqa: ANN002 - quiet: pytest shows failures, not access logs
+                pass
+
+            def _send(self, status: int, body: str | dict) -> None:
+                data = (body if isinstance(body, str) else json.dumps(body)).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802 - http.server's name
+                if self.path == "/v1/models" and judge.models_endpoint:
+                    data = [{"id": name, "object": "model"} for name in judge.listed]
+                    self._send(200, {"object": "list", "data": data})
+                else:
+                    self._send(404, {"detail": "Not Found"})
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                judge.chat_requests += 1
+                if body["model"] != judge.model:
+                    message = f"Server is pinned to {judge.model}, got {body['model']}"
+                    self._send(400, {"error": {"message": message, "type": "invalid_request_error"}})
+                elif judge.mode == "500":
+                    self._send(500, {"error": {"message": "judge overloaded"}})
+                elif judge.mode == "badjson":
+                    self._send(200, "this is not JSON {")
+                else:
+                    message = {"role": "assistant", "content": "Fine answer.\nRating: [[7]]"}
+                    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+                    self._send(
+                        200,
+                        {
+                            "id": "c",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": judge.model,
+                            "choices": [choice],
+                        },
+                    )
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1})
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def faulty_judge():
+    judges: list[FaultyJudge] = []
+
+    def start(**kwargs: object) -> FaultyJudge:
+        judges.append(FaultyJudge(**kwargs))
+        return judges[-1]
+
+    yield start
+    for judge in judges:
+        judge.close()
+
+
+def served_settings(tmp_path: Path, judge: FaultyJudge, **extra: object) -> Config:
+    return judge_settings(
+        tmp_path,
+        base_url=judge.base_url,
+        model=extra.pop("model", "judge-a"),
+        api_key_env="null",
+        questions=str(QUESTIONS),
+        max_new_tokens=4,
+        max_retries=0,
+        timeout_s=10,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("models_endpoint", [True, False], ids=["models-listed", "no-models-endpoint"])
+def test_preflight_stops_a_wrong_model_name_before_training_quoting_the_server(
+    faulty_judge, tmp_path, models_endpoint
+):
+    judge = faulty_judge(models_endpoint=models_endpoint)
+    settings = served_settings(tmp_path, judge, model="judge-b")
+    with pytest.raises(BenchmarkUnavailable) as error:
+        JudgeBenchmark().check(settings)
+    message = str(error.value)
+    assert "\n" not in message and "eval.judge.model=judge-b" in message
+    assert "HTTP 400" in message and "Server is pinned to judge-a, got judge-b" in message  # the server's own
+    assert ("GET /models lists ['judge-a']" in message) == models_endpoint
+    JudgeBenchmark().check(served_settings(tmp_path, judge))  # the right name passes
+    JudgeBenchmark().check(served_settings(tmp_path, judge, model="judge-b", preflight=False))  # opted out
+
+
+def test_preflight_warns_when_the_judge_answers_for_a_model_it_does_not_list(faulty_judge, tmp_path, caplog):
+    """`transformers serve` lists its hub cache, not the model it serves: the chat completion decides."""
+    judge = faulty_judge(listed=["some/other-model"])
+    JudgeBenchmark().check(served_settings(tmp_path, judge))
+    assert "answered, though GET /models does not list it" in caplog.text and judge.chat_requests == 1
+
+
+def test_preflight_warns_on_a_transient_failure_and_goes_on(faulty_judge, tmp_path, caplog):
+    judge = faulty_judge(mode="500")
+    JudgeBenchmark().check(served_settings(tmp_path, judge))
+    assert "transient failure, going on: HTTP 500" in caplog.text and "judge overloaded" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("mode", "model", "error"),
+    [
+        ("ok", "judge-b", "HTTP 400 BadRequestError: Server is pinned to judge-a, got judge-b"),
+        ("500", "judge-a", "HTTP 500 InternalServerError: judge overloaded"),
+        ("badjson", "judge-a", "invalid response (not JSON)"),
+    ],
+)
+def test_failures_during_a_run_are_counted_per_item_with_the_servers_reason(
+    faulty_judge, tmp_path, tok, mode, model, error
+):
+    judge = faulty_judge(mode=mode)
+    settings = served_settings(tmp_path, judge, model=model, preflight=False)
+    out = run_benchmarks(EvalContext(tiny_llama(tok), tok, None, settings, progress=False))
+    items = out["eval_items"]["judge"]
+    assert out["metrics"]["judge/num_request_failures"] == 6 == len(items) == judge.chat_requests
+    assert all(item["judge_status"] == "request_failure" and error in item["judge_error"] for item in items)
+    assert "judge/mean_grade" not in out["metrics"]
+
+
+def test_a_rerun_asks_again_for_exactly_the_failed_requests(faulty_judge, tmp_path, tok):
+    judge = faulty_judge(mode="500")
+    settings = served_settings(tmp_path, judge, preflight=False)
+    out = run_benchmarks(EvalContext(tiny_llama(tok), tok, None, settings, progress=False))
+    items = out["eval_items"]["judge"]
+    items[0].update(judge_status="ok", grade=3.0, judge_output="Rating: [[3]]", judge_error=None)
+    assert missing_grades(items) == 5
+    judge.mode, judge.chat_requests = "ok", 0
+    metrics, by_depth, retried = retry_request_failures(items, settings, [])
+    assert judge.chat_requests == 5  # the five that failed, not the one graded
+    assert missing_grades(retried) == 0 and retried[0]["grade"] == 3.0
+    assert [i["grade"] for i in retried[1:]] == [7.0] * 5
+    assert metrics["num_graded_turns"] == 6 and metrics["mean_grade"] == (3 + 5 * 7) / 6
+    assert by_depth["mean_grade"] == {1: (3 + 2 * 7) / 3, 2: 7.0}
+
+
+def test_a_sweep_run_whose_judge_failed_is_retried_without_training_and_reported_missing(
+    faulty_judge, tmp_path, caplog
+):
+    """Issue 21: an all-failed judge run was recorded done, never retried, and reported as 'No completed
+    run' while the sweep table said 1/1 done."""
+    from omegaconf import open_dict
+
+    from sft_sweeps.pipeline import run
+    from sft_sweeps.report.analysis import analyze
+    from sft_sweeps.report.console import sweep_table
+    from sft_sweeps.report.render import report_md
+
+    judge = faulty_judge(mode="500")
+    cfg = compose_config(
+        [
+            *TINY_OVERRIDES,
+            "logger=none",
+            "eval.benchmarks=[judge]",
+            f"eval.judge.base_url={judge.base_url}",
+            "eval.judge.model=judge-a",
+            "eval.judge.api_key_env=null",
+            "eval.judge.max_retries=0",
+            "eval.judge.max_new_tokens=4",
+            "eval.judge.max_questions=2",
+        ]
+    )
+    with open_dict(cfg):
+        cfg.cache_dir = str(tmp_path / "cache")
+    run_dir = str(tmp_path / "job")
+    first = run(cfg, run_dir=run_dir)
+    failed = int(first.metrics["judge/num_request_failures"])
+    assert first.status == "done" and failed > 0 and "judge/mean_grade" not in first.metrics
+
+    table, notes = sweep_table([first])
+    assert any(f"{failed} judge grades missing" in note for note in notes)
+    text = report_md(analyze([first]), "cmd", {})
+    assert "No completed run" not in text and f"{failed} judge grades missing" in text
+
+    judge.mode, judge.chat_requests = "ok", 0
+    caplog.set_level("INFO")
+    second = run(cfg, run_dir=run_dir)
+    assert judge.chat_requests == 1 + failed  # the preflight, then exactly the failed requests again
+    assert "asking the judge again" in caplog.text and "train_runtime_s" in second.metrics
+    assert second.metrics["train_runtime_s"] == first.metrics["train_runtime_s"]  # not trained again
+    assert second.metrics["judge/num_request_failures"] == 0 and second.metrics["judge/mean_grade"] == 7.0
+    assert load_run_record(run_dir).metrics["judge/mean_grade"] == 7.0
+    judge.chat_requests = 0
+    third = run(cfg, run_dir=run_dir)  # nothing missing: skipped, no request
+    assert judge.chat_requests == 1 and third.metrics == second.metrics  # the preflight only
+
+
+def test_the_report_shows_mt_bench_as_fastchat_show_result_per_turn_average_and_category():
+    from sft_sweeps.report.analysis import analyze
+    from sft_sweeps.report.benchmarks import judge_md
+
+    def record(strategy: str, seed: int, grades: dict[int, float], failed: int) -> RunRecord:
+        metrics = {
+            "judge/mean_grade": sum(grades.values()) / len(grades),
+            "judge/writing/mean_grade": grades[1],
+            "judge/math/mean_grade": grades[2],
+            "judge/num_request_failures": float(failed),
+            "judge/num_parse_failures": 0.0,
+        }
+        by_depth = {"judge/mean_grade": {str(t): g for t, g in grades.items()}}
+        config = {"model": {"name": "m"}, "dataset": {"name": "d"}, "masking": {"name": strategy}}
+        data = {"status": "done", "seed": seed, "config": config, "metrics": metrics, "by_depth": by_depth}
+        return RunRecord.from_dict(data, f"{strategy}{seed}")
+
+    records = [record("all", 0, {1: 8.0, 2: 6.0}, 0), record("last", 0, {1: 7.0, 2: 5.0}, 2)]
+    (setting,) = analyze(records).settings
+    text = judge_md(setting)
+    assert "| strategy | First turn | Second turn | Average | math | writing | missing grades |" in text
+    assert "| all | 8.000 (n=1) | 6.000 (n=1) | 7.000 (n=1) | 6.000 (n=1) | 8.000 (n=1) | 0 |" in text
+    assert "2 failed requests, 0 without a grade" in text and "**2 grades missing**" in text

@@ -88,8 +88,8 @@ def _lm_eval_verdict(utils, ids, kwargs, prompt, response) -> dict:
     return utils.process_results(doc, [response])
 
 
-def _ours(ids, kwargs, prompt, response) -> dict:
-    verdict = check_response(ids, kwargs, prompt, response)
+def _ours(ids, kwargs, prompt, response, scoring="lm_eval") -> dict:
+    verdict = check_response(ids, kwargs, prompt, response, scoring)
     return {
         "prompt_level_strict_acc": all(verdict.strict),
         "inst_level_strict_acc": verdict.strict,
@@ -127,6 +127,90 @@ def test_several_instructions_at_once_equal_lm_eval(lm_eval_utils) -> None:
         assert _ours(ids, kwargs, "p", response) == _lm_eval_verdict(
             lm_eval_utils, ids, kwargs, "p", response
         )
+
+
+# ------------------------------------------- language-aware counting (Multi-IF's ifeval.py) vs lm-eval
+
+WORDS, SENTENCES = "length_constraints:number_words", "length_constraints:number_sentences"
+# Answers of each language and what Multi-IF's rules count in them (upstream `ifeval.py`: CJK one word per
+# character, sentences ending in 。！？; Hindi sentences ending in the danda ।), against lm-eval's count
+# (`\w+` runs, NLTK's English punkt), which sees one unbroken word and one sentence in Chinese.
+ZH_62 = (
+    "月亮是地球唯一的天然卫星它围绕地球运行大约每二十七天转一圈"
+    "月亮本身不发光我们看到的月光其实是太阳光的反射古人常常在中秋节赏月"
+)
+LANGUAGE_CASES = {
+    # language: (answer, langdetect code, (Multi-IF words, sentences), (lm-eval words, sentences))
+    "Chinese": (ZH_62, "zh-cn", (62, 1), (1, 1)),
+    "Chinese sentences": ("月亮是地球的卫星。它不发光！我们看到的是反射的阳光。", "zh-cn", (23, 3), (3, 1)),
+    "Japanese": (
+        "月は地球の唯一の衛星です。月は自ら光を出しません！私たちが見る月の光は太陽の光の反射です。",
+        "ja",
+        (42, 3),
+        (3, 1),
+    ),
+    "Hindi": (
+        "चाँद पृथ्वी का उपग्रह है। यह अपनी रोशनी नहीं देता। हम सूरज की रोशनी का प्रतिबिंब देखते हैं।",
+        "hi",
+        (18, 3),  # words as lm-eval (upstream counts Hindi words the English way too)
+        (18, 1),
+    ),
+    "English": ("The moon is bright. It has no light of its own! We see sunlight.", "en", (14, 3), (14, 3)),
+}
+
+
+@pytest.mark.parametrize("case", LANGUAGE_CASES, ids=list(LANGUAGE_CASES))
+def test_language_aware_counts_differ_from_lm_eval_exactly_where_multi_if_does(lm_eval_utils, case) -> None:
+    from lm_eval.tasks.ifeval import instructions_util
+
+    from sft_sweeps.evaluation.multi_if_lang import count_sentences, count_words, detect_language
+
+    answer, code, (words, sentences), (lm_words, lm_sentences) = LANGUAGE_CASES[case]
+    assert detect_language(answer) == code
+    assert (count_words(answer, code), count_sentences(answer, code)) == (words, sentences)
+    assert (instructions_util.count_words(answer), instructions_util.count_sentences(answer)) == (
+        lm_words,
+        lm_sentences,
+    )
+    # The verdicts: "at least" the Multi-IF count passes under Multi-IF scoring; under lm_eval scoring it
+    # passes only where lm-eval counts as many (English; Hindi words).
+    for instruction_id, kwargs, theirs in (
+        (WORDS, {"num_words": words, "relation": "at least"}, lm_words),
+        (SENTENCES, {"num_sentences": sentences, "relation": "at least"}, lm_sentences),
+    ):
+        assert check_response([instruction_id], [kwargs], "p", answer, "multi_if").strict == [True]
+        lm_eval = check_response([instruction_id], [kwargs], "p", answer, "lm_eval").strict
+        assert lm_eval == [theirs >= next(v for k, v in kwargs.items() if k != "relation")]
+        assert _ours([instruction_id], [kwargs], "p", answer) == _lm_eval_verdict(
+            lm_eval_utils, [instruction_id], [kwargs], "p", answer
+        )
+
+
+def test_thai_counts_with_pythainlp_as_multi_if_does(lm_eval_utils) -> None:
+    tokenize = pytest.importorskip("pythainlp.tokenize", reason="Thai needs pythainlp (THAI_PACKAGES)")
+    from lm_eval.tasks.ifeval import instructions_util
+
+    from sft_sweeps.evaluation.multi_if_lang import count_words, detect_language
+
+    answer = "ดวงจันทร์เป็นดาวบริวารของโลก ดวงจันทร์ไม่มีแสงในตัวเอง เราเห็นแสงที่สะท้อนจากดวงอาทิตย์"
+    assert detect_language(answer) == "th"
+    assert count_words(answer, "th") == len(tokenize.word_tokenize(answer))
+    assert count_words(answer, "th") != instructions_util.count_words(answer)
+
+
+def test_emoji_and_mixed_scripts_count_as_multi_if_does() -> None:
+    from sft_sweeps.evaluation.multi_if_lang import count_words_cjk
+
+    # Upstream's own docstring example: 19.
+    assert count_words_cjk("こんにちは、ジェイソンさん、Jason? Nice to meet you☺ ❤") == 19
+    # 我 爱 🍎 和 👍🏽 还 有 👨‍👩‍👧 family: one emoji per sequence, punctuation dropped.
+    assert count_words_cjk("我爱🍎和👍🏽！还有👨‍👩‍👧 family…") == 9
+
+
+def test_scoring_is_chosen_per_config_and_defaults_to_multi_if() -> None:
+    assert MultiIFConfig().scoring == "multi_if"
+    with pytest.raises(ConfigError, match="eval.multi_if.scoring"):
+        MultiIFConfig(scoring="ifeval")
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -221,6 +305,69 @@ def test_languages_filter_and_an_absent_language_is_an_error() -> None:
     assert [item.id for item in items] == ["1003:1:zh"] and info["num_items_available"] == 3
     with pytest.raises(BenchmarkUnavailable, match="present: \\['Chinese', 'English'\\]"):
         load_items(MultiIFConfig(source="local", path=str(FIXTURES / "multi_if.csv"), languages=["French"]))
+
+
+def test_a_record_without_language_is_one_clear_error(tmp_path) -> None:
+    path = _write_record(tmp_path, language=None)
+    with pytest.raises(MultiIFDataError) as error:
+        read_local(path)
+    text = str(error.value)
+    assert (
+        "\n" not in text and str(path) in text and "record 0" in text and "field 'language': missing" in text
+    )
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.csv"])
+def test_an_empty_file_says_so_and_does_not_blame_languages(tmp_path, name) -> None:
+    path = tmp_path / name
+    path.write_text("" if name.endswith(".jsonl") else "key,language,turn_1_prompt\n")
+    settings = Config(
+        eval=EvalConfig(benchmarks=["multi_if"], multi_if=MultiIFConfig(source="local", path=str(path)))
+    )
+    with pytest.raises(BenchmarkUnavailable) as error:
+        check_benchmarks(settings)
+    text = str(error.value)
+    assert "\n" not in text and str(path) in text and "no record" in text and "languages" not in text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ('["{\\"num_words\\": 5}"]', "punctuation:no_comma takes [] not ['num_words']"),
+        ('["{\\"relation\\": \\"more than\\"}"]', "refuses these kwargs"),
+    ],
+)
+def test_kwargs_a_checker_does_not_accept_fail_before_training(tmp_path, kwargs, message) -> None:
+    changes = {"turn_1_kwargs": kwargs}
+    if "relation" in kwargs:
+        changes["turn_1_instruction_id_list"] = '["length_constraints:number_words"]'
+        changes.update(turn_2_prompt="", turn_3_prompt="")
+    path = _write_record(tmp_path, **changes)
+    settings = Config(
+        eval=EvalConfig(benchmarks=["multi_if"], multi_if=MultiIFConfig(source="local", path=str(path)))
+    )
+    with pytest.raises(BenchmarkUnavailable) as error:
+        check_benchmarks(settings)
+    text = str(error.value).replace(",", "")
+    assert str(path) in text and "record 0" in text and "field 'turn_1_kwargs'[0]" in text
+    assert message.replace(",", "") in text
+
+
+def test_thai_items_without_pythainlp_fail_before_training(tmp_path) -> None:
+    try:
+        import pythainlp  # noqa: F401
+
+        pytest.skip("pythainlp is installed: Thai items can be counted")
+    except ImportError:
+        pass
+    path = _write_record(tmp_path, language="Thai")
+    settings = Config(
+        eval=EvalConfig(benchmarks=["multi_if"], multi_if=MultiIFConfig(source="local", path=str(path)))
+    )
+    with pytest.raises(BenchmarkUnavailable, match="pip install pythainlp.*eval.multi_if.scoring=lm_eval"):
+        check_benchmarks(settings)
+    lm_eval = MultiIFConfig(source="local", path=str(path), scoring="lm_eval")
+    check_benchmarks(Config(eval=EvalConfig(benchmarks=["multi_if"], multi_if=lm_eval)))
 
 
 @pytest.mark.parametrize(
@@ -350,10 +497,90 @@ def test_aggregate_flattens_instructions_and_needs_every_turn_for_success() -> N
     assert by_depth["if_instruction_strict"][2] == 4 / 5
 
 
+def test_per_turn_and_language_metrics_are_multi_ifs_with_bootstrap_intervals() -> None:
+    def record(item_id, turn, language, strict, loose):
+        n = len(strict)
+        return {
+            "id": item_id,
+            "turn": turn,
+            "language": language,
+            "prompt_strict": all(strict),
+            "prompt_loose": all(loose),
+            "instruction_strict": sum(strict) / n,
+            "instruction_loose": sum(loose) / n,
+            "follow_strict": strict,
+            "follow_loose": loose,
+            "prompt_cut": 0,
+        }
+
+    records = [
+        record("a", 1, "English", [True], [True]),
+        record("b", 1, "English", [False, True], [True, True]),
+        record("c", 1, "Chinese", [False], [False]),
+        record("a", 2, "English", [True, False], [True, True]),
+        record("b", 2, "English", [False, True, True], [True, True, True]),
+        record("c", 2, "Chinese", [True, True], [True, True]),
+    ]
+    metrics, _ = aggregate(records)
+    # Multi-IF's parse_result: prompt-level over answers, instruction-level over all instructions pooled.
+    english_1 = {
+        "prompt_strict": 1 / 2,
+        "instruction_strict": 2 / 3,
+        "prompt_loose": 1.0,
+        "instruction_loose": 1.0,
+    }
+    for rate, value in english_1.items():
+        assert metrics[f"turn_1_English_{rate}"] == pytest.approx(value)
+    assert metrics["turn_1_English_overall"] == pytest.approx(sum(english_1.values()) / 4)
+    assert metrics["turn_1_all_languages_instruction_strict"] == pytest.approx(2 / 4)
+    assert metrics["turn_2_all_languages_prompt_strict"] == pytest.approx(1 / 3)
+    assert metrics["turn_2_Chinese_overall"] == 1.0
+    for key, value in list(metrics.items()):
+        if key.startswith("turn_") and not key.endswith(("_ci_low", "_ci_high")):
+            assert metrics[f"{key}_ci_low"] <= value <= metrics[f"{key}_ci_high"], key
+            assert lookup(f"multi_if/{key}").detail and lookup(f"multi_if/{key}_ci_low").compared is False
+    assert metrics["turn_2_Chinese_overall_ci_low"] == metrics["turn_2_Chinese_overall_ci_high"] == 1.0
+    assert aggregate(records)[0] == metrics  # the bootstrap is seeded: the same record gives the same CIs
+
+
 def test_metrics_are_declared_for_the_report() -> None:
-    headline = lookup("multi_if/if_prompt_strict")
-    assert headline.benchmark == "multi_if" and headline.headline and headline.item_field == "prompt_strict"
+    headline = lookup("multi_if/turn_3_all_languages_overall")
+    assert headline.benchmark == "multi_if" and headline.headline and headline.item_field == "overall"
+    assert headline.turn == 3 and not headline.detail  # in the main table, tested on turn-3 items
+    assert not lookup(
+        "multi_if/if_prompt_strict"
+    ).headline  # pooled over turns: not a number Multi-IF reports
     assert lookup("multi_if/if_all_turns_strict").level == "conversation"
+    assert lookup("multi_if/turn_2_Hindi_prompt_loose").detail
+
+
+def test_the_report_lays_multi_if_out_as_the_paper_turns_as_columns() -> None:
+    from sft_sweeps.identity import RunRecord
+    from sft_sweeps.report.analysis import analyze
+    from sft_sweeps.report.benchmarks import multi_if_md
+    from sft_sweeps.report.render import report_md
+
+    def run(strategy: str, shift: float) -> RunRecord:
+        metrics = {}
+        for language in ("all_languages", "Chinese", "English"):
+            for turn in (1, 2, 3):
+                value = 0.9 - 0.1 * turn + shift
+                metrics[f"multi_if/turn_{turn}_{language}_overall"] = value
+                metrics[f"multi_if/turn_{turn}_{language}_overall_ci_low"] = value - 0.05
+                metrics[f"multi_if/turn_{turn}_{language}_overall_ci_high"] = value + 0.05
+        config = {"model": {"name": "m"}, "dataset": {"name": "d"}, "masking": {"name": strategy}}
+        return RunRecord.from_dict(
+            {"status": "done", "seed": 0, "config": config, "metrics": metrics}, strategy
+        )
+
+    report = analyze([run("all", 0.0), run("last", 0.02)])
+    (setting,) = report.settings
+    assert setting.eval_metrics == ["multi_if/turn_3_all_languages_overall"]  # the cells have their table
+    text = multi_if_md(setting)
+    assert "| strategy | Turn 1 | Turn 2 | Turn 3 |" in text
+    assert text.index("**All languages**") < text.index("**Chinese**") < text.index("**English**")
+    assert "| all | 0.800 [0.750, 0.850] | 0.700 [0.650, 0.750] | 0.600 [0.550, 0.650] |" in text
+    assert "### Multi-IF (as the paper reports it)" in report_md(report, "cmd", {})
 
 
 def test_benchmark_runs_on_the_embedded_model_with_its_own_history() -> None:
@@ -371,6 +598,12 @@ def test_benchmark_runs_on_the_embedded_model_with_its_own_history() -> None:
     rates = ["if_prompt_strict", "if_prompt_loose", "if_instruction_strict", "if_instruction_loose"]
     for name in [*rates, "if_all_turns_strict"]:
         assert 0.0 <= metrics[f"multi_if/{name}"] <= 1.0
+    for turn in (1, 2, 3):  # Multi-IF's cells, the builtin set being English
+        for language in ("all_languages", "English"):
+            key = f"multi_if/turn_{turn}_{language}_overall"
+            assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"]
+    assert "multi_if/turn_3_all_languages_overall" in metrics
+    assert all(item["counting"] == "multi_if" for item in items)
     assert sorted((i["id"], i["turn"]) for i in items) == [
         (f"{BUILTIN_VERSION}:{n}", t) for n in range(3) for t in (1, 2, 3)
     ]

@@ -22,11 +22,24 @@ Config (`eval.judge`, `sft_sweeps.config.JudgeConfig`):
 * `reference_categories`, `max_new_tokens` (answer), `judge_max_tokens`, `concurrency` (threads),
   `timeout_s`, `max_retries` (the client's exponential backoff), `cache`.
 
-Nothing is averaged in that is not a grade: a judgment without a `[[rating]]` in 1-10 (or a refusal) is a
-`parse_failure`, a request that failed after its retries a `request_failure`; both are recorded per item
-(`judge_status`) and counted (`num_parse_failures`, `num_request_failures`). Judgments are cached one JSON
-file per (judge model, rendered prompt: template, question, answers) under `<cache_dir>/judge/`, written
-atomically as each arrives; failed requests are not cached, so a rerun retries them.
+* `parse`: how a grade is read. `strict` (default): only `[[n]]`, the last one in 1-10, so a judge quoting
+  the prompt's example `Rating: [[5]]` before its verdict, or citing `see [2]`, is never graded by it;
+  `fastchat`: FastChat's rule (the first `[[n]]`, else the first `[n]`), for numbers comparable with
+  published MT-Bench tables. Cached replies are parsed again on reading, so switching costs no request.
+* `preflight`: before any training, `GET /models` (the model must be listed, where the server has the
+  endpoint) and one tiny chat completion prove the URL, the model name and the key; an HTTP 4xx stops the
+  run in one line quoting the server (`JudgeUnreachable`), a transient failure (connection, timeout, 5xx)
+  warns and the run goes on.
+
+Nothing is averaged in that is not a grade: a judgment without a grade by the `parse` rule (or a refusal)
+is a `parse_failure`, a request that failed after its retries a `request_failure` (an HTTP error keeps the
+server's own reason in `judge_error`; a reply that is not JSON or not a chat completion is one too, for
+that item only); both are recorded per item (`judge_status`) and counted (`num_parse_failures`,
+`num_request_failures`). Judgments are cached one JSON file per (judge model, rendered prompt: template,
+question, answers) under `<cache_dir>/judge/`, written atomically as each arrives; failed requests are not
+cached. A run whose requests failed is recorded `done` with them counted; rerunning it (the sweep, with
+`resume`) asks the judge again for exactly those items, with the answers the record holds and no training
+(`retry_request_failures`), and the report and the sweep table say how many grades are still missing.
 
 The judge's identity (model, base URL host, sha256 of the prompts used, questions file and its sha256) is in
 the benchmark's `info` (`benchmarks.judge.identity` of result.json); `eval.judge.*` is part of the config, so
@@ -48,6 +61,7 @@ import re
 import string
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -55,6 +69,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from sft_sweeps.evaluation.judge_preflight import JudgeUnreachable, failure_reason, preflight, scrub
+from sft_sweeps.files import JsonlError, read_jsonl
 from sft_sweeps.record import write_json_atomic
 
 if TYPE_CHECKING:
@@ -65,9 +81,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS = "judge_prompts/mt_bench_single.jsonl"  # package data of sft_sweeps.evaluation
 PROMPT_NAMES = ("single-v1", "single-v1-multi-turn", "single-math-v1", "single-math-v1-multi-turn")
-# FastChat's parse: `[[8]]`, else `[8]`; the first match counts.
+# FastChat's parse: `[[8]]`, else `[8]`; the first match counts. Strict: only `[[8]]`, the last in 1-10.
 _GRADE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _GRADE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+PARSE_MODES = ("strict", "fastchat")
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 _FIELDS = re.compile(r"(question|answer|ref_answer)(_\d+)?|conversation|ref_conversation|turn|turn_ordinal")
 
@@ -156,6 +173,13 @@ class JudgeBenchmark:
                 load_questions(cfg.questions)
         except (OSError, ValueError) as e:
             raise BenchmarkUnavailable(str(e)) from e
+        if cfg.preflight:
+            try:
+                warning = preflight(cfg)
+            except JudgeUnreachable as e:
+                raise BenchmarkUnavailable(str(e)) from None
+            if warning:
+                log.warning(warning)
 
     def run(self, context: EvalContext) -> BenchmarkResult:
         from sft_sweeps.evaluation.base import BenchmarkResult
@@ -208,14 +232,8 @@ def load_questions(path: str | Path) -> list[Question]:
         raise FileNotFoundError(f"eval.judge.questions: no such file {str(path)!r}")
     questions = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in _jsonl("eval.judge.questions", path):
         where = f"eval.judge.questions: {path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e})") from e
         if not isinstance(record, dict) or "question_id" not in record:
             raise ValueError(f"{where}: a question needs field 'question_id'")
         question_id = str(record["question_id"])
@@ -255,6 +273,14 @@ def questions_from_conversations(conversations: list[dict[str, Any]]) -> list[Qu
         task = record.get("task")
         questions.append(Question(record_id, users, task if isinstance(task, str) else None, None, system))
     return questions
+
+
+def _jsonl(key: str, path: str | Path, text: str | None = None) -> Iterator[tuple[int, Any]]:
+    """The file's records through the one JSONL reader, a bad line named with the config key."""
+    try:
+        yield from read_jsonl(path, text)
+    except JsonlError as e:
+        raise ValueError(f"{key}: {e}") from None
 
 
 def _strings(value: Any) -> bool:
@@ -304,14 +330,8 @@ def load_prompts(path: str | Path | None) -> dict[str, Prompt]:
             raise FileNotFoundError(f"eval.judge.prompts: no such file {str(path)!r}")
         text, source = Path(path).read_text(encoding="utf-8"), str(path)
     found: dict[str, Prompt] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in _jsonl("eval.judge.prompts", source, text):
         where = f"eval.judge.prompts: {source}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e})") from e
         if not isinstance(record, dict) or record.get("name") not in PROMPT_NAMES:
             continue
         for key in ("system_prompt", "prompt_template"):
@@ -428,14 +448,26 @@ def cache_key(cfg: JudgeConfig, messages: list[dict[str, str]]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def parse_grade(output: str) -> float | None:
-    """The grade in a judgment (FastChat's rule: the first `[[n]]`, else the first `[n]`), None when there
-    is none or it is outside 1-10.
+def parse_grade(output: str, mode: str = "strict") -> float | None:
+    """The grade in a judgment, None when there is none (or it is outside 1-10).
+
+    Args:
+        mode: `fastchat`: FastChat's rule (the first `[[n]]`, else the first `[n]`; out of range is no
+            grade), for numbers comparable with published MT-Bench tables; `strict`: only `[[n]]`, the last
+            one in 1-10 (the verdict closes the judgment; an earlier `[[5]]` quotes the prompt's example, and
+            `see [2]` is a citation, not a grade).
 
     Example:
-        >>> parse_grade("Fine. Rating: [[7]]"), parse_grade("[8.5]"), parse_grade("[[11]]"), parse_grade("")
-        (7.0, 8.5, None, None)
+        >>> quoted = 'As in "Rating: [[5]]"... Rating: [[8]]'
+        >>> parse_grade(quoted), parse_grade("See [2]."), parse_grade("[[11]]")
+        (8.0, None, None)
+        >>> parse_grade(quoted, "fastchat"), parse_grade("See [2].", "fastchat")
+        (5.0, 2.0)
     """
+    if mode == "strict":
+        grades = [float(g) for g in _GRADE.findall(output)]
+        in_range = [g for g in grades if 1.0 <= g <= 10.0]
+        return in_range[-1] if in_range else None
     match = _GRADE.search(output) or _GRADE_BACKUP.search(output)
     if match is None:
         return None
@@ -444,14 +476,14 @@ def parse_grade(output: str) -> float | None:
 
 
 def judgment_from_reply(
-    output: str | None, refusal: str | None = None, finish_reason: str | None = None
+    output: str | None, refusal: str | None = None, finish_reason: str | None = None, parse: str = "strict"
 ) -> Judgment:
     """Classify a judge's reply: a grade, a refusal (the API's `refusal` field or a content filter), or text
-    without a grade (a parse failure)."""
+    without a grade by the `parse` rule (a parse failure)."""
     reply = {"output": output, "refusal": refusal, "finish_reason": finish_reason}
     if refusal or finish_reason == "content_filter":
         return Judgment("refusal", output=output or refusal, reply=reply)
-    grade = parse_grade(output or "")
+    grade = parse_grade(output or "", parse)
     return Judgment("ok" if grade is not None else "parse_failure", grade=grade, output=output, reply=reply)
 
 
@@ -460,7 +492,7 @@ def judge_all(tasks: list[_Task], cfg: JudgeConfig, cache: Path | None) -> None:
     flight); each judgment is cached as soon as it arrives."""
     todo = []
     for task in tasks:
-        cached = _read_cache(cache, task.key) if cache is not None else None
+        cached = _read_cache(cache, task.key, cfg.parse) if cache is not None else None
         if cached is not None:
             task.judgment = cached
         else:
@@ -501,31 +533,33 @@ def _ask(client: Any, cfg: JudgeConfig, messages: list[dict[str, str]], key: str
             model=cfg.model, messages=messages, temperature=0, max_tokens=cfg.judge_max_tokens
         )
     except openai.OpenAIError as e:
-        return Judgment("request_failure", error=_scrub(f"{type(e).__name__}: {e}", key))
-    if not response.choices:
-        return judgment_from_reply(None, finish_reason="no choices")
-    choice = response.choices[0]
-    return judgment_from_reply(
-        choice.message.content, getattr(choice.message, "refusal", None), choice.finish_reason
-    )
-
-
-def _scrub(text: str, key: str) -> str:
-    # An error message may echo request headers; the key must not reach result.json or the logs.
-    return text.replace(key, "***") if key else text
+        return Judgment("request_failure", error=scrub(failure_reason(e), key))
+    except ValueError as e:  # a 200 whose body is not JSON (json.JSONDecodeError): this item's failure only
+        return Judgment("request_failure", error=scrub(f"invalid response (not JSON): {e}", key))
+    try:
+        if not response.choices:
+            return judgment_from_reply(None, finish_reason="no choices", parse=cfg.parse)
+        choice = response.choices[0]
+        return judgment_from_reply(
+            choice.message.content, getattr(choice.message, "refusal", None), choice.finish_reason, cfg.parse
+        )
+    except (AttributeError, TypeError, IndexError) as e:  # JSON, but not a chat completion
+        return Judgment("request_failure", error=scrub(f"invalid response (not a chat completion): {e}", key))
 
 
 def _cache_path(cache: Path, key: str) -> Path:
     return cache / key[:2] / f"{key}.json"
 
 
-def _read_cache(cache: Path, key: str) -> Judgment | None:
+def _read_cache(cache: Path, key: str, parse: str = "strict") -> Judgment | None:
     try:
         entry = json.loads(_cache_path(cache, key).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     # Parsed again on read: a change of the parsing rule applies to cached judgments too.
-    judgment = judgment_from_reply(entry.get("output"), entry.get("refusal"), entry.get("finish_reason"))
+    judgment = judgment_from_reply(
+        entry.get("output"), entry.get("refusal"), entry.get("finish_reason"), parse
+    )
     judgment.cached = True
     return judgment
 
@@ -634,6 +668,68 @@ def judge_identity(cfg: JudgeConfig, prompts: dict[str, Prompt]) -> dict[str, An
         "questions": cfg.questions,
         "questions_sha256": questions_sha,
         "temperature": 0,
+        "parse": cfg.parse,
         "judge_max_tokens": cfg.judge_max_tokens,
         "answer_max_new_tokens": cfg.max_new_tokens,
     }
+
+
+# --- retrying failed requests on a rerun -----------------------------------------------------------------
+
+
+def missing_grades(items: list[dict[str, Any]] | None) -> int:
+    """Judge requests of a run that failed (no judgment at all): what a rerun asks again."""
+    return sum(item.get("judge_status") == "request_failure" for item in items or [])
+
+
+def retry_request_failures(
+    items: list[dict[str, Any]], settings: Config, conversations: list[dict[str, Any]]
+) -> tuple[dict[str, float], dict[str, dict[int, float]], list[dict[str, Any]]]:
+    """Ask the judge again for exactly the items whose request failed, with the answers the run recorded (no
+    generation, no training); every other judgment is kept as it is.
+
+    Args:
+        items: the run's judge items (`eval_items["judge"]` of its record).
+        settings: the run's config (the same questions, prompts and judge).
+        conversations: the held-out split the questions were replayed from when `eval.judge.questions` is
+            null (ignored otherwise).
+
+    Returns:
+        The judge's metrics, by-depth values and items, recomputed over all items.
+    """
+    cfg = settings.eval.judge
+    prompts = load_prompts(cfg.prompts)
+    if cfg.questions is not None:
+        questions = load_questions(cfg.questions)[: cfg.max_questions]
+    else:
+        questions = questions_from_conversations(conversations[: cfg.max_questions])
+    index = {q.id: qi for qi, q in enumerate(questions)}
+    answers: dict[str, dict[int, str]] = defaultdict(dict)
+    for item in items:
+        answers[item["id"]][item["turn"]] = item["prediction"]
+    tasks, positions = [], []
+    for position, item in enumerate(items):
+        if item.get("judge_status") != "request_failure" or item["id"] not in index:
+            continue
+        question = questions[index[item["id"]]]
+        texts = [answers[item["id"]][t] for t in range(1, len(answers[item["id"]]) + 1)]
+        prompt = pick_prompt(prompts, question, item["turn"], cfg.reference_categories)
+        messages = render(prompt, question, texts, item["turn"])
+        tasks.append(_Task(index[item["id"]], item["turn"], prompt, messages, cache_key(cfg, messages)))
+        positions.append(position)
+    cache = Path(settings.cache_dir) / "judge" if cfg.cache else None
+    judge_all(tasks, cfg, cache)
+    items = [dict(item) for item in items]
+    for position, task in zip(positions, tasks, strict=True):
+        judgment = task.judgment
+        assert judgment is not None
+        items[position].update(
+            grade=judgment.grade,
+            judge_status=judgment.status,
+            judge_output=judgment.output,
+            judge_error=judgment.error,
+            cached=judgment.cached,
+        )
+    log.info("judge: asked again for %d failed requests, %d still failing", len(tasks), missing_grades(items))
+    metrics, by_depth = aggregate(items)
+    return metrics, by_depth, items

@@ -1,12 +1,16 @@
 """Multi-IF data: the loader (local CSV/JSONL, hub, the built-in offline set).
 
 ## The schema (Multi-IF's, `facebook/Multi-IF`)
-One record per conversation: `key`, `language`, and for turn k = 1..3 `turn_k_prompt` (a JSON string
+One record per conversation: `key` (unique, any string or number: the item's id in results), `language`
+(required: Multi-IF's name of it, e.g. English, Chinese, Hindi; every metric is reported per language), and
+for turn k = 1..3 `turn_k_prompt` (a JSON string
 `{"role": "user", "content": "..."}`, empty when the conversation has fewer turns),
 `turn_k_instruction_id_list` (JSON list of IFEval instruction ids) and `turn_k_kwargs` (JSON list with one
 JSON-encoded kwargs object per id). The list of turn k is every instruction in force at turn k, those of
 earlier turns included; the model's answer to turn k is checked against all of them. Fields may also hold
-the decoded values (a dict, a list) instead of JSON text.
+the decoded values (a dict, a list) instead of JSON text. Each kwargs object is built by its checker
+when the file is read (before any training): a key the checker does not take is an error naming the record.
+Other fields (Multi-IF's `turns`, `responses`) are ignored.
 
 ## The built-in set (`eval.multi_if.source=builtin`, version `BUILTIN_VERSION`)
 `data/multi_if_builtin.jsonl`, in the schema above plus `version`, `source_id` and `source_prompt`; how it
@@ -16,14 +20,17 @@ is built and rebuilt byte for byte: `sft_sweeps.evaluation.multi_if_build`.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
+import random
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sft_sweeps.data.holdout import BUILTIN_PATH
+from sft_sweeps.files import JsonlError, read_jsonl
 
 BUILTIN_VERSION = "sharegpt-ifeval-1"
 BUILTIN_SIZE = 150
@@ -91,8 +98,7 @@ def _turn(raw: dict[str, Any], k: int, where: str, known_ids: Iterable[str] | No
     ids = _decoded(raw.get(f"turn_{k}_instruction_id_list"), f"{where}, field 'turn_{k}_instruction_id_list'")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise MultiIFDataError(f"{where}, field 'turn_{k}_instruction_id_list': expected a list of ids")
-    known = set(known_ids) if known_ids is not None else None
-    unknown = [i for i in ids if known is not None and i not in known]
+    unknown = [i for i in ids if known_ids is not None and i not in known_ids]
     if unknown:
         raise MultiIFDataError(
             f"{where}, field 'turn_{k}_instruction_id_list': {unknown} not in IFEval's instruction registry"
@@ -107,8 +113,31 @@ def _turn(raw: dict[str, Any], k: int, where: str, known_ids: Iterable[str] | No
             value = {}
         if not isinstance(value, dict):
             raise MultiIFDataError(f"{where}, field 'turn_{k}_kwargs'[{j}]: expected an object")
+        if isinstance(known_ids, Mapping):
+            _check_kwargs(known_ids[ids[j]], ids[j], value, f"{where}, field 'turn_{k}_kwargs'[{j}]")
         parsed.append(value)
     return Turn(content, tuple(ids), tuple(parsed))
+
+
+def _check_kwargs(checker: Any, instruction_id: str, kwargs: dict[str, Any], where: str) -> None:
+    """Build the checker with these kwargs now, as scoring will: a key its `build_description` does not take,
+    or a value it refuses, fails at loading (before training), not after it."""
+    # As scoring: falsy values (Multi-IF's unused keys) are dropped.
+    given = {k: v for k, v in kwargs.items() if v}
+    parameters = inspect.signature(checker.build_description).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = sorted(set(given) - set(parameters)) if not takes_any else []
+    if unknown:
+        raise MultiIFDataError(
+            f"{where}: {instruction_id} takes {sorted(set(parameters) - {'self'})}, not {unknown}"
+        )
+    state = random.getstate()  # a builder draws missing arguments from the global generator
+    try:
+        checker(instruction_id).build_description(**given)
+    except (TypeError, ValueError) as e:
+        raise MultiIFDataError(f"{where}: {instruction_id} refuses these kwargs: {e}") from None
+    finally:
+        random.setstate(state)
 
 
 def parse_record(
@@ -120,7 +149,9 @@ def parse_record(
         raw: the record.
         origin: where it was read (file or hub id), for messages.
         index: its 0-based position there.
-        known_ids: the instruction ids a checker knows; others are an error. None: not checked.
+        known_ids: the instruction ids a checker knows; others are an error. A registry (id -> checker
+            class, lm-eval's `INSTRUCTION_DICT`) also has every kwargs object built by its checker here.
+            None: not checked.
 
     Raises:
         MultiIFDataError: naming origin, record (key or index) and field.
@@ -142,7 +173,13 @@ def parse_record(
         turns.append(turn)
     if not turns:
         raise MultiIFDataError(f"{where}, field 'turn_1_prompt': missing")
-    return MultiIFItem(str(key), str(raw.get("language") or "unknown"), tuple(turns))
+    language = raw.get("language")
+    if not isinstance(language, str) or not language.strip():
+        raise MultiIFDataError(
+            f"{where}, field 'language': missing; Multi-IF reports every metric per language, so each "
+            "record names its own (English, Chinese, Hindi, ...)"
+        )
+    return MultiIFItem(str(key), language.strip(), tuple(turns))
 
 
 def _raw_local(path: Path) -> Iterator[dict[str, Any]]:
@@ -151,13 +188,11 @@ def _raw_local(path: Path) -> Iterator[dict[str, Any]]:
         with path.open(encoding="utf-8", newline="") as f:
             yield from csv.DictReader(f)
     elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError as e:
-                        raise MultiIFDataError(f"{path}: line {line_no}: invalid JSON: {e}") from None
+        try:
+            for _, record in read_jsonl(path):
+                yield record
+        except JsonlError as e:
+            raise MultiIFDataError(str(e)) from None
     else:
         raise MultiIFDataError(f"{path}: expected a .csv or .jsonl file in the Multi-IF schema")
 
@@ -172,8 +207,18 @@ def read_local(path: str | Path, known_ids: Iterable[str] | None = None) -> list
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"eval.multi_if.path: no file {str(path)!r}")
-    known = list(known_ids) if known_ids is not None else None
-    return _unique([parse_record(raw, str(path), i, known) for i, raw in enumerate(_raw_local(path))], path)
+    known = _known(known_ids)
+    items = [parse_record(raw, str(path), i, known) for i, raw in enumerate(_raw_local(path))]
+    if not items:
+        raise MultiIFDataError(f"{path}: no record (the file is empty); write one conversation per line/row")
+    return _unique(items, path)
+
+
+def _known(known_ids: Iterable[str] | None) -> Iterable[str] | None:
+    # A registry (id -> checker class) is kept as is: its checkers' signatures are checked at loading.
+    if known_ids is None or isinstance(known_ids, Mapping):
+        return known_ids
+    return list(known_ids)
 
 
 def read_hub(path: str, split: str = "train", known_ids: Iterable[str] | None = None) -> list[MultiIFItem]:
@@ -194,8 +239,11 @@ def read_hub(path: str, split: str = "train", known_ids: Iterable[str] | None = 
             f"online (python -c \"import datasets; datasets.load_dataset('{path}', split='{split}')\"), or "
             "save it as CSV/JSONL and use eval.multi_if.source=local eval.multi_if.path=FILE"
         ) from None
-    known = list(known_ids) if known_ids is not None else None
-    return _unique([parse_record(raw, f"{path}[{split}]", i, known) for i, raw in enumerate(rows)], path)
+    known = _known(known_ids)
+    items = [parse_record(raw, f"{path}[{split}]", i, known) for i, raw in enumerate(rows)]
+    if not items:
+        raise MultiIFDataError(f"{path}[{split}]: no record (the split is empty)")
+    return _unique(items, path)
 
 
 def _unique(items: list[MultiIFItem], origin: Any) -> list[MultiIFItem]:
@@ -208,7 +256,7 @@ def _unique(items: list[MultiIFItem], origin: Any) -> list[MultiIFItem]:
 def read_builtin(known_ids: Iterable[str] | None = None) -> tuple[list[MultiIFItem], str]:
     """The shipped built-in items and their version. Raises MultiIFDataError on a mixed/unversioned file."""
     items = read_local(BUILTIN_PATH, known_ids)
-    versions = {json.loads(line).get("version") for line in BUILTIN_PATH.read_text("utf-8").splitlines()}
+    versions = {record.get("version") for _, record in read_jsonl(BUILTIN_PATH)}
     if len(versions) != 1 or None in versions:
         raise MultiIFDataError(f"{BUILTIN_PATH}: field 'version': expected one version, found {versions}")
     return items, versions.pop()

@@ -34,6 +34,7 @@ from sft_sweeps.identity import (
 from sft_sweeps.metrics import (
     VALIDATION_PREFIX,
     is_compared,
+    is_detail,
     is_validation,
     lookup,
     lower_is_better,
@@ -330,6 +331,8 @@ def _items_by_key(run: Run, metric: str) -> dict[tuple, float] | None:
     for item in items:
         if task and item.get("task") != task:
             continue
+        if declared.turn is not None and item.get("turn") != declared.turn:
+            continue  # a metric of one turn (Multi-IF's turn 3) pairs that turn's items only
         value = item.get(declared.item_field)
         if value is None and declared.item_field in item:
             continue  # no value here (a judgment that failed to parse): pair items graded in both runs
@@ -376,9 +379,12 @@ def _analyze_setting(
     strategies = sorted(cells, key=lambda s: next(iter(cells[s].values())).strategy_key)
     done = {s: {seed: r for seed, r in cells[s].items() if r.status == "done"} for s in strategies}
     ordered = sort_keys({m for runs in done.values() for r in runs.values() for m in r.record.metrics})
-    eval_metrics = [m for m in ordered if is_eval_metric(m)]
+    # Detail metrics (Multi-IF's turn x language cells) have their own table (`sft_sweeps.report.benchmarks`).
+    eval_metrics = [m for m in ordered if is_eval_metric(m) and not is_detail(m)]
     # Validation metrics only select (the Selection table shows them); they are not training figures either.
-    train_metrics = [m for m in ordered if not is_eval_metric(m) and not is_validation(m)]
+    train_metrics = [
+        m for m in ordered if not is_eval_metric(m) and not is_validation(m) and not is_detail(m)
+    ]
 
     summary: dict[str, dict[str, MeanCI]] = {}
     by_seed: dict[str, dict[str, dict[int, float]]] = {}

@@ -74,6 +74,14 @@ def sweep_table(records: list[RunRecord]) -> tuple[Table, list[str]]:
         if status != "done":
             where = f"{setting} " if several else ""
             notes.append(f"{where}{strategy} seed={seed} {status}: {note}")
+    for r in report.runs:  # done, but judge requests failed: the grades are missing until a rerun
+        missing = r.metric("judge/num_request_failures") if r.status == "done" else None
+        if missing:
+            where = f"{r.setting} " if several else ""
+            notes.append(
+                f"{where}{r.strategy} seed={r.seed}: {int(missing)} judge grades missing (failed requests); "
+                "rerun the sweep to ask the judge again"
+            )
     for setting, count in report.hygiene.skipped.items():
         where = f"{setting}: " if several else ""
         notes.append(f"{where}{count} source records skipped as invalid (reasons: data.stats in result.json)")

@@ -286,6 +286,8 @@ def _hygiene_md(report: SweepReport) -> str:
 
 def report_md(report: SweepReport, command: str, plots: dict[str, list[str]]) -> str:
     """The full Markdown report: hygiene, method, then per setting results, picks, tests and plots."""
+    from sft_sweeps.report.benchmarks import benchmark_sections_md, no_metric_md  # it imports this module
+
     parts = [
         "# Loss-masking sweep report\n",
         f"Regenerate: `{command}`\n",
@@ -297,7 +299,7 @@ def report_md(report: SweepReport, command: str, plots: dict[str, list[str]]) ->
     for setting in report.settings:
         parts.append(f"## {setting.name}\n")
         if not setting.eval_metrics:
-            parts.append("No completed run: nothing to summarize.\n")
+            parts.append(no_metric_md(setting))  # says so when runs are done but their grades are missing
             continue
         if setting.candidates:
             parts.append(f"### Selection on validation (never on test){selection_caption(setting)}\n")
@@ -316,6 +318,8 @@ def report_md(report: SweepReport, command: str, plots: dict[str, list[str]]) ->
         parts.append("\n### Paired tests against the best\n")
         parts.append("`gap` is strategy minus best, in metric units.\n\n")
         parts.append(_comparisons_md(setting))
+        if sections := benchmark_sections_md(setting):  # Multi-IF and MT-Bench as their papers show them
+            parts.append("\n" + sections)
         if setting.train_metrics:
             parts.append(
                 "\n### Training (not comparable across strategies: each minimizes a loss on other tokens)\n"
