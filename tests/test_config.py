@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from sft_sweeps.config import ConfigError, strategy_names, validate
+from sft_sweeps.config import ConfigError, validate
+from sft_sweeps.masking.strategies import strategy_names
 from tests.conftest import CONF_DIR, compose_config
 
 GROUPS = ["model", "dataset", "masking", "train", "eval", "logger"]
