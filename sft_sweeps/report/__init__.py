@@ -10,10 +10,10 @@ Example:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
+from sft_sweeps.identity import file_slug
 from sft_sweeps.report.analysis import Selection, SweepReport, analyze, is_eval_metric
 from sft_sweeps.report.console import print_sweep_table
 from sft_sweeps.report.records import RecordError, fetch_wandb_records, load_records, record_from_wandb_run
@@ -29,10 +29,6 @@ __all__ = [
 ]
 
 OUTPUTS = ("report.md", "table.md", "tables.tex", "runs.csv")
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "sweep"
 
 
 def write_report(
@@ -60,12 +56,15 @@ def write_report(
     report = analyze(records, selection)
     plots: dict[str, list[str]] = {}
     for setting in report.settings:
-        slug = _slug(setting.name)
+        # File names from the setting's short label, bounded (`file_slug`): a long setting (dataset paths,
+        # many overrides) never makes a name the file system refuses.
+        slug = file_slug(setting.label, 48)
         made = []
         # Per-task breakdowns (`task/metric`) and counts stay in the records; plots show the overall metrics.
         for metric in sorted(m for m in setting.by_depth if m.count("/") <= 1 and is_eval_metric(m)):
-            if plot_by_depth(setting, metric, out / f"depth_{_slug(metric)}_{slug}.png"):
-                made.append(f"depth_{_slug(metric)}_{slug}.png")
+            name = f"depth_{file_slug(metric, 48)}_{slug}.png"
+            if plot_by_depth(setting, metric, out / name):
+                made.append(name)
         if plot_prompt_weight(setting, out / f"prompt_weight_{slug}.png"):
             made.append(f"prompt_weight_{slug}.png")
         plots[setting.name] = made
