@@ -132,6 +132,26 @@ def masking_label(masking: DictConfig | Mapping[str, Any]) -> str:
     return f"{masking.get('name')}({','.join(params)})" if params else str(masking.get("name"))
 
 
+def parse_masking_label(label: str) -> dict[str, Any]:
+    """The masking config a `masking_label` names (`weighted(pw=0.1)` -> name and prompt_weight): what a
+    table of runs (`runs.csv`) keeps of a run's masking. Raises ValueError on an unknown abbreviation."""
+    match = re.fullmatch(r"([^()]+)(?:\((.*)\))?", label.strip())
+    if match is None:
+        raise ValueError(f"not a masking label: {label!r}")
+    fields_ = {f.metadata["abbrev"]: f for f in _masking_fields()}
+    masking: dict[str, Any] = {"name": match.group(1)}
+    for part in filter(None, (match.group(2) or "").split(",")):
+        abbrev, _, text = part.partition("=")
+        if abbrev not in fields_:
+            raise ValueError(f"masking label {label!r}: unknown parameter {abbrev!r}")
+        try:
+            value: Any = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        masking[fields_[abbrev].name] = value
+    return masking
+
+
 def run_group(cfg: DictConfig | Mapping[str, Any]) -> str:
     """The W&B group of a run: everything but the seed, readable first, exact by `setting_hash`.
 

@@ -1,7 +1,9 @@
 """Paper tables from sweep records: `python -m sft_sweeps.report <sweep dir or glob> --out DIR`.
 
 Writes `report.md` (hygiene, method, results, picks, tests, plots), `table.md` (the README snippet),
-`tables.tex` (booktabs), `runs.csv` and PNG plots. The same records give byte-identical outputs.
+`tables.tex` (booktabs), `runs.csv` (every run), `summary.csv` (every metric's mean and CI, with the table
+it belongs to), `by_depth.csv`, `tests.csv` (raw and Holm p-values) and PNG plots.
+The same records give byte-identical outputs.
 
 Example:
     >>> from sft_sweeps.report import load_records, write_report
@@ -28,7 +30,7 @@ __all__ = [
     "write_report",
 ]
 
-OUTPUTS = ("report.md", "table.md", "tables.tex", "runs.csv")
+OUTPUTS = ("report.md", "table.md", "tables.tex", "runs.csv", "summary.csv", "by_depth.csv", "tests.csv")
 
 
 def write_report(
@@ -49,7 +51,15 @@ def write_report(
         The analysis the files were written from.
     """
     from sft_sweeps.report.plots import plot_by_depth, plot_prompt_weight
-    from sft_sweeps.report.render import readme_table_md, report_md, report_tex, runs_csv
+    from sft_sweeps.report.render import (
+        by_depth_csv,
+        readme_table_md,
+        report_md,
+        report_tex,
+        runs_csv,
+        summary_csv,
+        tests_csv,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,4 +82,7 @@ def write_report(
     (out / "table.md").write_text(readme_table_md(report, command))
     (out / "tables.tex").write_text(report_tex(report))
     (out / "runs.csv").write_text(runs_csv(report))
+    (out / "summary.csv").write_text(summary_csv(report))
+    (out / "by_depth.csv").write_text(by_depth_csv(report))
+    (out / "tests.csv").write_text(tests_csv(report))
     return report
