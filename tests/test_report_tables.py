@@ -120,3 +120,43 @@ def test_tex_tables_fit_linewidth(base_config: dict, tmp_path: Path) -> None:
             log = _compile(out, documentclass, doc)
             assert "Overfull \\hbox" not in log, re.findall(r"Overfull \\hbox.*", log)
             assert "tables.tex" in log  # the generated file was typeset
+
+
+# --- the README's numbers are the shipped report's, and `make paper` writes the shipped report ----------
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "reports" / "default_5seeds"
+PAPER_COMMAND = "python -m sft_sweeps.report reports/default_5seeds/runs.csv --out reports/default_5seeds"
+
+
+def test_readme_quotes_the_shipped_table_and_its_numbers() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quoted = re.search(
+        r"<!-- reports/default_5seeds/table.md [^>]*-->\n(.*?)\n"
+        r"<!-- end of reports/default_5seeds/table.md -->",
+        readme,
+        re.S,
+    )
+    assert quoted, "README: no quoted reports/default_5seeds/table.md block"
+    assert quoted.group(1) == (SHIPPED / "table.md").read_text().rstrip("\n")
+    # The prose after it quotes numbers of the report: each is in the shipped files.
+    prose = readme[quoted.end() :].split("\n\n", 2)[1]
+    shipped = (SHIPPED / "table.md").read_text() + (SHIPPED / "report.md").read_text()
+    numbers = re.findall(r"\d+\.\d{3}", prose)
+    assert len(numbers) >= 5, prose
+    assert [n for n in numbers if n not in shipped] == []
+    for seeds in re.findall(r"~(\d+) are needed", prose):
+        assert f"needs ~{seeds} seeds" in shipped
+
+
+def test_shipped_report_is_what_make_paper_writes(tmp_path: Path) -> None:
+    """`make paper` (its recipe is PAPER_COMMAND) rebuilds reports/default_5seeds byte for byte."""
+    from sft_sweeps.report import OUTPUTS, load_records
+
+    assert (
+        PAPER_COMMAND
+        in subprocess.run(["make", "-n", "paper"], cwd=ROOT, capture_output=True, text=True).stdout
+    )
+    write_report(load_records(str(SHIPPED / "runs.csv")), tmp_path, command=PAPER_COMMAND)
+    for name in OUTPUTS:
+        assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), f"{name}: run `make paper`"

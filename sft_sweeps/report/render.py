@@ -359,7 +359,7 @@ def _comparisons_md(setting: SettingReport) -> str:
 def _hygiene_md(report: SweepReport) -> str:
     h = report.hygiene
     out = [
-        f"- Runs: {h.expected} expected by the grid (every setting × strategy × seed seen in a sweep), "
+        f"- Runs: {h.expected} expected by the grid (each setting's strategies × its seeds), "
         f"{h.done} done, {len(h.not_done)} not done, {len(h.missing)} missing."
     ]
     for setting in report.settings:
@@ -380,6 +380,11 @@ def _hygiene_md(report: SweepReport) -> str:
             else "**no**: " + "; ".join(f"{s}: {v}" for s, v in setting.seeds.items())
         )
         out.append(f"- `{setting.name}`: same data across strategies: {same}. Same seeds done: {seeds}.")
+    if report.runs and not any(r.record.eval_items or r.record.by_depth for r in report.runs):
+        out.append(
+            "- The records hold no per-item results and no turn-depth results (a runs.csv, or W&B runs): "
+            "no item tests, no depth tables or plots; the result.json records have them."
+        )
     if len(h.commits) > 1:
         out.append(
             f"- **Runs come from {len(h.commits)} code versions**: {', '.join(f'`{c}`' for c in h.commits)}."
