@@ -210,3 +210,16 @@ def test_every_command_a_sweep_prints_runs_as_printed(tmp_path: Path) -> None:
     record = json.loads((gone / "result.json").read_text())
     assert record["status"] == "done" and record["seed"] == 1
     assert len(load_records(str(folder))) == 4 and not analyze(load_records(str(folder))).hygiene.missing
+
+
+def test_setting_label_keeps_what_tells_two_long_settings_apart() -> None:
+    from sft_sweeps.report.analysis import setting_label
+
+    deep = "/srv/" + "/".join(["exports_of_the_support_team_chats"] * 5)
+    a = setting_label("mine", (f"dataset.path={deep}/2024_q1.jsonl", "model.name=smollm2_135m"))
+    b = setting_label("mine", (f"dataset.path={deep}/2024_q2.jsonl", "model.name=smollm2_135m"))
+    assert a == "mine | path=2024_q1.jsonl, model=smollm2_135m" and a != b
+    long_value = setting_label("mine", ("dataset.path=/d/" + "x" * 200 + "_1.jsonl",))
+    assert len(long_value) < 60 and long_value != setting_label(
+        "mine", ("dataset.path=/d/" + "x" * 200 + "_2.jsonl",)
+    )

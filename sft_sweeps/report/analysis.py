@@ -223,9 +223,9 @@ class SettingReport:
 
     @property
     def label(self) -> str:
-        """A short name for headings and file names: the sweep, then each differing key's last part and
-        value, paths cut to their file name (`default | dataset=local_jsonl, path=chats.jsonl`)."""
-        return setting_label(self.name.split(" | ", 1)[0], self.overrides)
+        """The name for headings and file names: the setting's name when short, else the sweep and each
+        differing key's last part and value, paths cut to their file name (`setting_label`)."""
+        return short_setting_name(self.name, self.overrides)
 
     def chosen(self, strategy: str) -> tuple[str, ...]:
         """The `key=value` settings chosen for `strategy` (empty without a selection)."""
@@ -562,6 +562,15 @@ def _analyze_setting(
         selection_metric=selection[0],
         candidates=selection[1],
     )
+
+
+# A setting's name longer than this is shown by its label (`setting_label`) in headings and file names.
+MAX_SETTING_NAME = 80
+
+
+def short_setting_name(name: str, overrides: tuple[str, ...]) -> str:
+    """`name` when it fits `MAX_SETTING_NAME`, else `setting_label` of its sweep and overrides."""
+    return name if len(name) <= MAX_SETTING_NAME else setting_label(name.split(" | ", 1)[0], overrides)
 
 
 def setting_label(sweep: str, overrides: tuple[str, ...], width: int = 28) -> str:

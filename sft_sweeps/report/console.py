@@ -13,7 +13,7 @@ from rich.text import Text
 
 from sft_sweeps.identity import RunRecord, file_slug
 from sft_sweeps.metrics import headline_keys, lower_is_better, short_name
-from sft_sweeps.report.analysis import Run, analyze, setting_label
+from sft_sweeps.report.analysis import Run, analyze, short_setting_name
 from sft_sweeps.report.records import load_records
 from sft_sweeps.report.render import fmt
 
@@ -65,12 +65,12 @@ def sweep_table(records: list[RunRecord]) -> tuple[RenderableType, list[str]]:
     data source had records skipped as invalid.
 
     Several settings (a sweep folder holding more than one): one table per setting, headed by a short
-    label that names only the keys that differ between them (`analysis.setting_label`).
+    label that names only the keys that differ between them (`analysis.short_setting_name`).
     """
     report = analyze(records)
     metrics = headline_keys({m for r in report.runs for m in r.record.metrics})
     several = len({r.setting for r in report.runs}) > 1
-    labels = {r.setting: setting_label(r.sweep, r.setting_overrides) for r in report.runs}
+    labels = {r.setting: short_setting_name(r.setting, r.setting_overrides) for r in report.runs}
     parts: list[RenderableType] = [
         Text(f"{report.hygiene.done}/{report.hygiene.expected} runs done", style="bold")
     ]
