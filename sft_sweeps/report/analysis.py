@@ -721,8 +721,9 @@ def _select_cells(
 def analyze(records: Iterable[RunRecord], selection: Selection | None = None) -> SweepReport:
     """Arrange records into settings and strategies; compute means, tests, picks and hygiene.
 
-    The expected grid of a sweep is every setting x strategy x seed seen anywhere in it; grid points with
-    no record are listed as missing, runs not `done` as failed, and neither enters an average.
+    The expected grid of a setting is its strategies x its seeds (a strategy of another setting in the same
+    sweep folder is never expected here); grid points with no record are listed as missing, with the
+    command that runs them, runs not `done` as failed, and neither enters an average.
 
     Args:
         records: run records.
@@ -732,7 +733,8 @@ def analyze(records: Iterable[RunRecord], selection: Selection | None = None) ->
 
     Raises:
         ValueError: no records.
-        SelectionError: a selection was asked for and a strategy has no run with the validation metric.
+        SelectionError: a selection was asked for and a strategy has no run with the validation metric;
+            `OptionError` (a subclass) when a selection key or metric is not in the records at all.
     """
     records = list(records)
     if selection is not None:
