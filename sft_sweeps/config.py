@@ -530,4 +530,4 @@ def validate(cfg: DictConfig) -> Config:
 
 
 def _default_option(group: str) -> str:
-    return str(getattr(Config(), group).name) if group != "masking" else "all"
+    return str(getattr(Config(), group).name)
