@@ -2,12 +2,13 @@
 # make sweep:   the default sweep, masking=full,last,all,weighted on the embedded default (2 CPU cores: ~3 min,
 #               jobs in parallel; benchmarks/bench_default_sweep.py).
 # make test:    the default test suite (what CI runs); test-slow adds the slow tests.
+# make paper:   regenerates the README's tables (reports/default_5seeds/) from the shipped runs.csv.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install sweep test test-slow test-gpu lint report clean
+.PHONY: install sweep test test-slow test-gpu lint report paper clean
 
 install: $(STAMP)
 
@@ -36,6 +37,10 @@ lint: $(STAMP)
 
 report: $(STAMP)
 	$(PY) -m sft_sweeps.report "multirun/*" --out reports/latest
+
+# Every table the README shows, from the shipped run table (reports/*/runs.csv): no training, seconds.
+paper: $(STAMP)
+	$(PY) -m sft_sweeps.report reports/default_5seeds/runs.csv --out reports/default_5seeds
 
 clean:
 	rm -rf outputs multirun .cache/sft_sweeps

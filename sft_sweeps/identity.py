@@ -24,11 +24,19 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sft_sweeps.config import AgentConfig, HeldOutConfig, JudgeConfig, MaskingConfig, MultiIFConfig
+from sft_sweeps.config import (
+    AgentConfig,
+    DatasetConfig,
+    HeldOutConfig,
+    JudgeConfig,
+    MaskingConfig,
+    MultiIFConfig,
+)
 from sft_sweeps.metrics import canonical_key
 
 # Keys that change how a run is observed, not what it computes: left out of the config hash.
@@ -114,6 +122,20 @@ def _masking_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(MaskingConfig) if "abbrev" in f.metadata]
 
 
+def inapplicable_keys(config: Mapping[str, Any]) -> set[str]:
+    """Config keys the run's data source ignores, e.g. `dataset.tasks` for local files.
+
+    Read from the `sources` metadata of `DatasetConfig`'s fields: a key names no setting where it means
+    nothing (the report's setting names, the sweep table).
+    """
+    source = str((config.get("dataset") or {}).get("source"))
+    return {
+        f"dataset.{f.name}"
+        for f in dataclasses.fields(DatasetConfig)
+        if "sources" in f.metadata and source not in f.metadata["sources"]
+    }
+
+
 def _fmt_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -155,6 +177,26 @@ def masking_label(masking: DictConfig | Mapping[str, Any]) -> str:
     abbrev = {f.name: f.metadata["abbrev"] for f in _masking_fields()}
     params = [f"{abbrev[k]}={_fmt_value(v)}" for k, v in masking_params(masking).items()]
     return f"{masking.get('name')}({','.join(params)})" if params else str(masking.get("name"))
+
+
+def parse_masking_label(label: str) -> dict[str, Any]:
+    """The masking config a `masking_label` names (`weighted(pw=0.1)` -> name and prompt_weight): what a
+    table of runs (`runs.csv`) keeps of a run's masking. Raises ValueError on an unknown abbreviation."""
+    match = re.fullmatch(r"([^()]+)(?:\((.*)\))?", label.strip())
+    if match is None:
+        raise ValueError(f"not a masking label: {label!r}")
+    fields_ = {f.metadata["abbrev"]: f for f in _masking_fields()}
+    masking: dict[str, Any] = {"name": match.group(1)}
+    for part in filter(None, (match.group(2) or "").split(",")):
+        abbrev, _, text = part.partition("=")
+        if abbrev not in fields_:
+            raise ValueError(f"masking label {label!r}: unknown parameter {abbrev!r}")
+        try:
+            value: Any = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        masking[fields_[abbrev].name] = value
+    return masking
 
 
 def run_group(cfg: DictConfig | Mapping[str, Any]) -> str:
@@ -212,6 +254,54 @@ def job_dirname(override_dirname: str, seed: int, max_length: int = 120) -> str:
         digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
         settings = f"{settings[: room - 11]}-{digest}"
     return f"{settings}__{seed_part}" if settings else seed_part
+
+
+def file_slug(text: str, max_length: int = 60) -> str:
+    """`text` as a readable file-name part: `[A-Za-z0-9._+-]` only, at most `max_length` characters.
+
+    A longer text is cut and ends in a hash of the whole, so two long settings never share a file and no
+    name reaches the file-system limit (255 bytes), whatever the dataset paths and overrides.
+
+    Example:
+        >>> file_slug("synthetic/turn_exact_match")
+        'synthetic_turn_exact_match'
+        >>> len(file_slug("default | dataset.path=" + "/very/long/path" * 40))
+        60
+    """
+    slug = _UNSAFE.sub("_", text).strip("_.") or "x"
+    if len(slug) <= max_length:
+        return slug
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{slug[: max_length - 9].rstrip('_.')}-{digest}"
+
+
+# The embedded default's model and dataset: its sweep keeps the folder `multirun/default`.
+DEFAULT_SWEEP = "default"
+_DEFAULT_SETTING = ("tiny", "synthetic")
+
+
+def default_sweep_name(model_name: str, dataset_name: str, dataset_path: str | None = None) -> str:
+    """`sweep_name` when none is given: `default` for the embedded default, else dataset and model.
+
+    A sweep on other data or another model gets a folder of its own (`multirun/local_jsonl-chats__tiny`),
+    so it never shares `multirun/default` with the default sweep; the file name of `dataset.path` (its
+    folder when the name is a pattern such as `{split}.jsonl`) tells two local datasets apart.
+
+    Example:
+        >>> default_sweep_name("tiny", "synthetic")
+        'default'
+        >>> default_sweep_name("tiny", "local_jsonl", "data/chats.jsonl")
+        'local_jsonl-chats__tiny'
+    """
+    if (model_name, dataset_name) == _DEFAULT_SETTING and not dataset_path:
+        return DEFAULT_SWEEP
+    data = str(dataset_name)
+    if dataset_path:
+        path = PurePath(str(dataset_path).rstrip("/"))
+        stem = path.stem if "{" not in path.name and "*" not in path.name else path.parent.name
+        if stem:
+            data = f"{data}-{file_slug(stem, 32)}"
+    return f"{file_slug(data, 60)}__{file_slug(str(model_name), 40)}"
 
 
 @dataclass

@@ -436,7 +436,7 @@ def test_the_report_places_runs_on_different_data_in_different_settings(local_re
     # Identical but for the data: neither is dropped as a duplicate of the other, nor averaged with it.
     assert not report.hygiene.duplicates
     assert sorted(s.name for s in report.settings) == sorted(
-        f"default | {DATA_KEY}={fp[:12]}" for fp in (mine, other)
+        f"{local_record['config']['sweep_name']} | {DATA_KEY}={fp[:12]}" for fp in (mine, other)
     )
     for setting in report.settings:
         assert setting.seeds == {"all": [0]} and list(setting.fingerprints) != ["unknown"]
@@ -676,7 +676,7 @@ def test_skipped_records_are_counted_in_the_sweep_table_and_the_report(tmp_path:
     assert "6 source records skipped as invalid (reasons: data.stats in result.json)" in notes
     write_report(load_records([str(tmp_path / "sweep")]), tmp_path / "out")
     hygiene = (tmp_path / "out" / "report.md").read_text().split("## Method")[0]
-    assert "default: **6 source records skipped as invalid**" in hygiene
+    assert f"{record.config['sweep_name']}: **6 source records skipped as invalid**" in hygiene
 
 
 # --- errors in one run: one line, the traceback kept in the record ---------------------------------------

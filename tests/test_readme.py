@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ PLAN: dict[str, Check] = {
     'python -m sft_sweeps.report "multirun/*" --wandb my-entity/sft_sweeps --out reports/all': SKIP(
         "reads runs from W&B: needs a login and the network"
     ),
+    "make paper": DRY,
+    "python -m sft_sweeps.report reports/default_5seeds/runs.csv --out reports/default_5seeds": RUN(),
     "python -m sft_sweeps.report multirun/lr_tuning --select-key train.learning_rate --out reports/lr_tuning": RUN(),
     "wandb login": SKIP("needs a W&B account and the network"),
     "python -m sft_sweeps -m masking=full,last,all,weighted sweep_name=masks logger.mode=online "
@@ -153,8 +156,10 @@ def test_every_readme_command_has_a_plan() -> None:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder where the commands run one after the other, as in a user's checkout."""
+    """A folder where the commands run one after the other, as in a user's checkout (its shipped reports
+    included: `make paper` rebuilds them)."""
     root = tmp_path_factory.mktemp("readme")
+    shutil.copytree(ROOT / "reports", root / "reports")
     return root
 
 

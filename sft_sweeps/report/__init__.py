@@ -1,7 +1,9 @@
 """Paper tables from sweep records: `python -m sft_sweeps.report <sweep dir or glob> --out DIR`.
 
 Writes `report.md` (hygiene, method, results, picks, tests, plots), `table.md` (the README snippet),
-`tables.tex` (booktabs), `runs.csv` and PNG plots. The same records give byte-identical outputs.
+`tables.tex` (booktabs), `runs.csv` (every run), `summary.csv` (every metric's mean and CI, with the table
+it belongs to), `by_depth.csv`, `tests.csv` (raw and Holm p-values) and PNG plots.
+The same records give byte-identical outputs.
 
 Example:
     >>> from sft_sweeps.report import load_records, write_report
@@ -10,10 +12,10 @@ Example:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
+from sft_sweeps.identity import file_slug
 from sft_sweeps.report.analysis import Selection, SweepReport, analyze, is_eval_metric
 from sft_sweeps.report.console import print_sweep_table
 from sft_sweeps.report.records import RecordError, fetch_wandb_records, load_records, record_from_wandb_run
@@ -28,11 +30,7 @@ __all__ = [
     "write_report",
 ]
 
-OUTPUTS = ("report.md", "table.md", "tables.tex", "runs.csv")
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "sweep"
+OUTPUTS = ("report.md", "table.md", "tables.tex", "runs.csv", "summary.csv", "by_depth.csv", "tests.csv")
 
 
 def write_report(
@@ -53,19 +51,30 @@ def write_report(
         The analysis the files were written from.
     """
     from sft_sweeps.report.plots import plot_by_depth, plot_prompt_weight
-    from sft_sweeps.report.render import readme_table_md, report_md, report_tex, runs_csv
+    from sft_sweeps.report.render import (
+        by_depth_csv,
+        readme_table_md,
+        report_md,
+        report_tex,
+        runs_csv,
+        summary_csv,
+        tests_csv,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = analyze(records, selection)
     plots: dict[str, list[str]] = {}
     for setting in report.settings:
-        slug = _slug(setting.name)
+        # File names from the setting's short label, bounded (`file_slug`): a long setting (dataset paths,
+        # many overrides) never makes a name the file system refuses.
+        slug = file_slug(setting.label, 48)
         made = []
         # Per-task breakdowns (`task/metric`) and counts stay in the records; plots show the overall metrics.
         for metric in sorted(m for m in setting.by_depth if m.count("/") <= 1 and is_eval_metric(m)):
-            if plot_by_depth(setting, metric, out / f"depth_{_slug(metric)}_{slug}.png"):
-                made.append(f"depth_{_slug(metric)}_{slug}.png")
+            name = f"depth_{file_slug(metric, 48)}_{slug}.png"
+            if plot_by_depth(setting, metric, out / name):
+                made.append(name)
         if plot_prompt_weight(setting, out / f"prompt_weight_{slug}.png"):
             made.append(f"prompt_weight_{slug}.png")
         plots[setting.name] = made
@@ -73,4 +82,7 @@ def write_report(
     (out / "table.md").write_text(readme_table_md(report, command))
     (out / "tables.tex").write_text(report_tex(report))
     (out / "runs.csv").write_text(runs_csv(report))
+    (out / "summary.csv").write_text(summary_csv(report))
+    (out / "by_depth.csv").write_text(by_depth_csv(report))
+    (out / "tests.csv").write_text(tests_csv(report))
     return report

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from sft_sweeps.cli import errors_reported
 from sft_sweeps.report import RecordError, fetch_wandb_records, load_records, write_report
-from sft_sweeps.report.analysis import Selection, SelectionError
+from sft_sweeps.report.analysis import OptionError, Selection, SelectionError, check_selection
 
 if TYPE_CHECKING:  # the dashboard's imports (wandb-workspaces) load only with --dashboard
     import wandb_workspaces.reports.v2 as wr
@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     selection = (
         Selection(tuple(args.select_key), args.select_metric, args.select_on) if args.select_key else None
     )
+    if selection is not None:
+        try:  # a usage error: one line and exit 2, as argparse's own, before anything is written
+            check_selection(records, selection)
+        except OptionError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         report = write_report(records, args.out, command=command, selection=selection)
     except SelectionError as e:

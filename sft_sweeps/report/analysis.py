@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sft_sweeps.identity import (
     SETTING_EXCLUDED_KEYS,
     RunRecord,
     comparable_config,
+    file_slug,
+    inapplicable_keys,
     masking_label,
     masking_params,
 )
@@ -53,7 +57,16 @@ from sft_sweeps.report.stats import (
     seeds_for_power,
 )
 
-__all__ = ["Selection", "SelectionError", "analyze", "is_eval_metric", "lower_is_better", "place_runs"]
+__all__ = [
+    "OptionError",
+    "Selection",
+    "SelectionError",
+    "analyze",
+    "check_selection",
+    "is_eval_metric",
+    "lower_is_better",
+    "place_runs",
+]
 
 STRATEGY_ORDER = ("full", "last", "all", "weighted")
 # The data a run trained and was scored on defines its setting too: runs on different data are never
@@ -126,13 +139,14 @@ class Run:
 
 @dataclass
 class Missing:
-    """A grid point (setting x strategy x seed of one sweep) with no record at all."""
+    """A grid point (strategy x seed of one setting) with no record at all."""
 
     sweep: str
     setting: str
     strategy: str
     seed: int
-    overrides: str  # the command-line overrides that would run it
+    overrides: str  # the overrides that make it differ from the others of its setting
+    command: str = ""  # the command that runs it into its sweep folder (from a sibling's overrides)
 
 
 @dataclass
@@ -209,6 +223,12 @@ class SettingReport:
     selection_metric: str | None = None
     candidates: dict[str, list[Candidate]] = field(default_factory=dict)
 
+    @property
+    def label(self) -> str:
+        """The name for headings and file names: the setting's name when short, else the sweep and each
+        differing key's last part and value, paths cut to their file name (`setting_label`)."""
+        return short_setting_name(self.name, self.overrides)
+
     def chosen(self, strategy: str) -> tuple[str, ...]:
         """The `key=value` settings chosen for `strategy` (empty without a selection)."""
         return next((c.values for c in self.candidates.get(strategy, []) if c.chosen), ())
@@ -235,24 +255,49 @@ class SweepReport:
     hygiene: Hygiene
 
 
-def place_runs(records: Iterable[RunRecord]) -> list[Run]:
-    """Give each record its setting (sweep name plus config keys and data that vary across records) and
-    strategy. Done runs whose data fingerprints differ land in different settings."""
-    records = list(records)
+def _setting_flats(records: list[RunRecord]) -> tuple[list[dict[str, str]], list[str]]:
+    """Each record's setting keys (flattened config, benchmark identities, data) and the keys that vary.
+
+    A key a record lacks counts as a value (`null`) unless the record could not have it: its data
+    fingerprint (older records) or a key its data source ignores.
+    """
     flats = []
+    optional: list[set[str]] = []
     for record in records:
+        optional.append({DATA_KEY, *inapplicable_keys(record.config)})
         config = {k: v for k, v in comparable_config(record.config).items() if k not in SETTING_EXCLUDED_KEYS}
-        flat = _flatten(config)
+        # A key the run's data source ignores (`dataset.tasks` for local files) never tells settings apart.
+        ignored = inapplicable_keys(record.config)
+        flat = {k: v for k, v in _flatten(config).items() if k not in ignored}
         flat.update(_flatten(_benchmark_identities(record), "benchmarks."))
         if record.data_fingerprint:
             flat[DATA_KEY] = json.dumps(record.data_fingerprint[:12])
         flats.append(flat)
     keys = sorted({k for flat in flats for k in flat})
     # A record without a fingerprint (older, failed early) joins whatever data its setting has.
-    varying = [k for k in keys if len({flat.get(k) for flat in flats if k in flat or k != DATA_KEY}) > 1]
+    varying = [
+        k
+        for k in keys
+        if len({flat.get(k) for flat, opt in zip(flats, optional, strict=True) if k in flat or k not in opt})
+        > 1
+    ]
+    return [
+        {**flat, **{k: _ABSENT for k in varying if k not in flat and k not in opt}}
+        for flat, opt in zip(flats, optional, strict=True)
+    ], varying
+
+
+_ABSENT = json.dumps(None)  # a varying key a record does not have: `null`, as before
+
+
+def place_runs(records: Iterable[RunRecord]) -> list[Run]:
+    """Give each record its setting (sweep name plus config keys and data that vary across records) and
+    strategy. Done runs whose data fingerprints differ land in different settings."""
+    records = list(records)
+    flats, varying = _setting_flats(records)
     runs = []
     for record, flat in zip(records, flats, strict=True):
-        overrides = tuple(f"{k}={_plain(flat.get(k))}" for k in varying if k in flat or k != DATA_KEY)
+        overrides = tuple(f"{k}={_plain(flat[k])}" for k in varying if k in flat)
         sweep = str(record.config.get("sweep_name", "default"))
         masking = record.config["masking"]
         runs.append(
@@ -297,6 +342,33 @@ def _rerun_overrides(masking: Mapping[str, Any], setting_overrides: tuple[str, .
     # override reproduces them.
     config = [o for o in setting_overrides if not o.startswith(("benchmarks.", DATA_KEY))]
     return " ".join([f"masking={masking['name']}", *params, *config, f"seed={seed}"])
+
+
+def _rerun_command(missing_masking: Mapping[str, Any], seed: int, siblings: list[Run]) -> str:
+    """`python -m sft_sweeps -m ...`: the overrides of a run of the same setting (the same strategy if
+    any, else the same seed), its masking and seed replaced, into that run's sweep folder."""
+    sibling = min(
+        siblings,
+        key=lambda r: (r.strategy != masking_label(missing_masking), r.seed != seed, r.source),
+    )
+    kept = [
+        o
+        for o in sibling.record.overrides
+        if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] not in ("masking", "seed")
+    ]
+    params = [f"masking.{k}={_plain(json.dumps(v))}" for k, v in masking_params(missing_masking).items()]
+    args = [*kept, f"masking={missing_masking['name']}", *params, f"seed={seed}"]
+    if sibling.source and not sibling.source.startswith("wandb:"):
+        args.append(f"hydra.sweep.dir={_display_path(Path(sibling.source).parent.parent)}")
+    return shlex.join(["python", "-m", "sft_sweeps", "-m", *args])
+
+
+def _display_path(path: Path) -> str:
+    """`path` relative to the working directory when it is under it (what a user typed), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _pick_cells(runs: list[Run]) -> tuple[dict[tuple[str, str], dict[int, Run]], list[Run]]:
@@ -499,8 +571,86 @@ def _analyze_setting(
     )
 
 
+# A setting's name longer than this is shown by its label (`setting_label`) in headings and file names.
+MAX_SETTING_NAME = 80
+
+
+def short_setting_name(name: str, overrides: tuple[str, ...]) -> str:
+    """`name` when it fits `MAX_SETTING_NAME`, else `setting_label` of its sweep and overrides."""
+    return name if len(name) <= MAX_SETTING_NAME else setting_label(name.split(" | ", 1)[0], overrides)
+
+
+def setting_label(sweep: str, overrides: tuple[str, ...], width: int = 28) -> str:
+    """`default | dataset=local_jsonl, path=chats.jsonl`: readable, bounded parts of a setting's name.
+
+    A key is shown by its last component (`model.arch.hidden_size` -> `hidden_size`; `dataset.name` ->
+    `dataset`), a value by its last path component, each cut to `width` characters with a short hash when
+    cut, so two long paths that differ stay apart.
+    """
+    parts = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.startswith("benchmarks."):
+            key = key.split(".")[1]  # the benchmark whose identity differs (e.g. a judge's prompts)
+        elif key == DATA_KEY:
+            key = "data"
+        else:
+            *group, last = key.split(".")
+            key = group[-1] if last == "name" and group else last
+        if "/" in value.strip("/"):
+            value = value.rstrip("/").rsplit("/", 1)[-1]
+        if len(value) > width:
+            value = file_slug(value, width)
+        parts.append(f"{key}={value}")
+    return " | ".join([sweep, ", ".join(parts)]) if parts else sweep
+
+
 class SelectionError(ValueError):
     """Selection was asked for but the records cannot support it (no validation metric recorded)."""
+
+
+class OptionError(SelectionError):
+    """A report option names something the records do not have (a key that does not vary, a metric that no
+    record holds): a usage error, said before anything is written."""
+
+
+def check_selection(records: Iterable[RunRecord], selection: Selection) -> None:
+    """Check a selection against the records: every key varies across them, the metric is recorded.
+
+    Raises:
+        OptionError: a key that no record has, that has one value everywhere, or that is never a setting
+            key (seed, sweep name, masking); a metric that no done record holds. The message names the
+            option and what the records do offer.
+    """
+    records = list(records)
+    flats, varying = _setting_flats(records)
+    offered = ", ".join(k for k in varying if k != DATA_KEY and not k.startswith("benchmarks.")) or "none"
+    for key in selection.keys:
+        if key.split(".", 1)[0] in SETTING_EXCLUDED_KEYS:
+            raise OptionError(
+                f"--select-key {key}: seed, sweep name and masking are never selected (strategies are "
+                f"compared, seeds averaged); config keys that vary across these records: {offered}"
+            )
+        values = sorted({flat[key] for flat in flats if key in flat})
+        if not values:
+            raise OptionError(
+                f"--select-key {key}: no record has this config key; keys that vary across these "
+                f"records: {offered}"
+            )
+        if len(values) == 1:
+            raise OptionError(
+                f"--select-key {key}: {_plain(values[0])} in every record, nothing to select; keys that "
+                f"vary across these records: {offered}"
+            )
+    if selection.metric is not None:
+        recorded = sorted(
+            {m for r in records if effective_status(r) == "done" for m in r.metrics if is_validation(m)}
+        )
+        if selection.metric not in recorded:
+            raise OptionError(
+                f"--select-metric {selection.metric}: no done record holds it; validation metrics "
+                f"recorded: {', '.join(recorded) or 'none'}"
+            )
 
 
 def _setting_name(sweep: str, overrides: tuple[str, ...]) -> str:
@@ -578,8 +728,9 @@ def _select_cells(
 def analyze(records: Iterable[RunRecord], selection: Selection | None = None) -> SweepReport:
     """Arrange records into settings and strategies; compute means, tests, picks and hygiene.
 
-    The expected grid of a sweep is every setting x strategy x seed seen anywhere in it; grid points with
-    no record are listed as missing, runs not `done` as failed, and neither enters an average.
+    The expected grid of a setting is its strategies x its seeds (a strategy of another setting in the same
+    sweep folder is never expected here); grid points with no record are listed as missing, with the
+    command that runs them, runs not `done` as failed, and neither enters an average.
 
     Args:
         records: run records.
@@ -589,8 +740,12 @@ def analyze(records: Iterable[RunRecord], selection: Selection | None = None) ->
 
     Raises:
         ValueError: no records.
-        SelectionError: a selection was asked for and a strategy has no run with the validation metric.
+        SelectionError: a selection was asked for and a strategy has no run with the validation metric;
+            `OptionError` (a subclass) when a selection key or metric is not in the records at all.
     """
+    records = list(records)
+    if selection is not None:
+        check_selection(records, selection)
     runs = place_runs(records)
     if not runs:
         raise ValueError("no records to report on")
@@ -598,26 +753,28 @@ def analyze(records: Iterable[RunRecord], selection: Selection | None = None) ->
 
     missing = []
     expected = 0
-    for sweep in sorted({r.sweep for r in runs}):
-        in_sweep = [r for r in runs if r.sweep == sweep]
-        settings = sorted({(r.setting, r.setting_overrides) for r in in_sweep})
-        strategies = sorted({(r.strategy_key, r.strategy) for r in in_sweep})
-        masking_of = {r.strategy: r.masking for r in in_sweep}
-        seeds = sorted({r.seed for r in in_sweep})
-        expected += len(settings) * len(strategies) * len(seeds)
-        for setting, overrides in settings:
-            for _, strategy in strategies:
-                for seed in seeds:
-                    if seed not in cells.get((setting, strategy), {}):
-                        missing.append(
-                            Missing(
-                                sweep,
-                                setting,
-                                strategy,
-                                seed,
-                                _rerun_overrides(masking_of[strategy], overrides, seed),
-                            )
+    # The grid of a setting is its own strategies x its own seeds: settings that share a sweep folder were
+    # not necessarily run with the same strategies (another command, another day), so a strategy of one
+    # setting is never a "missing" run of another.
+    for setting, overrides in sorted({(r.setting, r.setting_overrides) for r in runs}):
+        in_setting = [r for r in runs if r.setting == setting]
+        strategies = sorted({(r.strategy_key, r.strategy) for r in in_setting})
+        masking_of = {r.strategy: r.masking for r in in_setting}
+        seeds = sorted({r.seed for r in in_setting})
+        expected += len(strategies) * len(seeds)
+        for _, strategy in strategies:
+            for seed in seeds:
+                if seed not in cells.get((setting, strategy), {}):
+                    missing.append(
+                        Missing(
+                            in_setting[0].sweep,
+                            setting,
+                            strategy,
+                            seed,
+                            _rerun_overrides(masking_of[strategy], overrides, seed),
+                            _rerun_command(masking_of[strategy], seed, in_setting),
                         )
+                    )
     chosen = [r for by_seed in cells.values() for r in by_seed.values()]
     hygiene = Hygiene(
         expected=expected,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 from sft_sweeps.identity import RecordError, RunRecord
 from sft_sweeps.record import RECORD_NAME
 
-__all__ = ["RecordError", "fetch_wandb_records", "load_records", "record_from_wandb_run"]
+__all__ = ["RecordError", "fetch_wandb_records", "load_records", "record_from_wandb_run", "records_from_csv"]
 
 # Summary keys of a W&B run that are not end-of-run metrics.
 _WANDB_NON_METRICS = ("_", "train/", "eval/", "data/", "by_depth/", "eval_items/")
@@ -65,6 +68,12 @@ def load_records(paths_or_globs: str | Iterable[str]) -> list[RunRecord]:
         files.update(p.resolve() for p in found)
     records = []
     for path in sorted(files):
+        if path.suffix == ".csv":  # a report's runs.csv: the runs of a sweep whose records are not here
+            try:
+                records.extend(records_from_csv(path))
+            except (OSError, UnicodeDecodeError) as e:
+                raise RecordError(f"{path}: cannot read ({e})") from e
+            continue
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -75,6 +84,98 @@ def load_records(paths_or_globs: str | Iterable[str]) -> list[RunRecord]:
             raise RecordError(f"{path}: cannot read ({e.strerror or e})") from e
         records.append(RunRecord.from_dict(record, str(path)))
     return records
+
+
+def _csv_number(text: str) -> float | None:
+    return float(text) if text.strip() else None
+
+
+def _setting_config(setting: str, sweep: str) -> dict[str, Any]:
+    """The config keys a setting name (`sweep | k=v, k=v`) says, nested (`train.learning_rate=0.001`)."""
+    config: dict[str, Any] = {}
+    _, _, overrides = setting.partition(" | ") if setting != sweep else ("", "", "")
+    for override in filter(None, re.split(r", (?=[A-Za-z_][\w.]*=)", overrides)):
+        key, _, text = override.partition("=")
+        if key == "data.fingerprint" or key.startswith("benchmarks."):
+            continue  # recorded, not configured: the data fingerprint has its own column
+        try:
+            value: Any = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        *parents, last = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[last] = value
+    return config
+
+
+def records_from_csv(path: Path) -> list[RunRecord]:
+    """Records from a report's `runs.csv` (`render.runs_csv`): status, seed, masking, the setting's keys,
+    data fingerprint, code version and metrics, each run once. They hold no per-item results and no
+    turn-depth curves, so a report read from them has seed tests but no item tests and no depth plots.
+
+    Raises:
+        RecordError: a row lacks a column the report needs or holds a value that is not one (file, row
+            and column named).
+    """
+    from sft_sweeps.identity import parse_masking_label
+
+    text = path.read_text(encoding="utf-8")
+    reader = csv.DictReader(io.StringIO(text))
+    required = ("setting", "sweep", "strategy", "seed", "status", "group")
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise RecordError(f"{path}: not a runs.csv of the report: no column {missing[0]!r}")
+    metric_columns = [c for c in reader.fieldnames or [] if c not in RUN_COLUMNS]
+    records = []
+    for row_number, row in enumerate(reader, start=2):
+        where = f"{path}: row {row_number}"
+        try:
+            masking = parse_masking_label(row["strategy"])
+            group = dict(re.findall(r"(model|dataset)=([^,]+)", row["group"].split("/", 1)[-1]))
+            config = _setting_config(row["setting"], row["sweep"])
+            config["sweep_name"] = row["sweep"]
+            config["masking"] = masking
+            for key in ("model", "dataset"):
+                config.setdefault(key, {})["name"] = group.get(key, "unknown")
+            metrics = {c: value for c in metric_columns if (value := _csv_number(row[c])) is not None}
+            seed = int(row["seed"])
+            wall = _csv_number(row.get("wall_time_s") or "")
+        except (ValueError, KeyError) as e:
+            raise RecordError(f"{where}: {e}") from e
+        record = {
+            "status": row["status"],
+            "seed": seed,
+            "config": config,
+            "config_hash": row.get("config_hash") or "",
+            "group": row["group"],
+            "strategy": masking["name"],
+            "error": row.get("error") or None,
+            "git_commit": row.get("git_commit") or None,
+            "data": {"fingerprint": row["data_fingerprint"]} if row.get("data_fingerprint") else None,
+            "metrics": metrics,
+            "wall_time_s": wall,
+        }
+        records.append(RunRecord.from_dict(record, row.get("source") or where))
+    return records
+
+
+# runs.csv columns that are not metrics (`render.CSV_FIELDS`).
+RUN_COLUMNS = (
+    "setting",
+    "sweep",
+    "strategy",
+    "seed",
+    "status",
+    "group",
+    "config_hash",
+    "wall_time_s",
+    "git_commit",
+    "data_fingerprint",
+    "error",
+    "source",
+)
 
 
 def _unwrap(value: Any) -> Any:

@@ -1,16 +1,27 @@
-"""Text outputs of the report: Markdown, LaTeX (booktabs) and CSV, each a pure function of the analysis."""
+"""Text outputs of the report: Markdown, LaTeX (booktabs) and CSV, each a pure function of the analysis.
+
+Tables a paper takes as they are: the main results table holds the headline metrics of the registry
+(`sft_sweeps.metrics`, one or a few per benchmark) under their short names, with a legend; metrics where every
+strategy ties with no variance are left out of it and listed; other metrics, per-task and per-depth
+breakdowns and bookkeeping (counts, times, the training loss) go to tables of their own and to
+`summary.csv` / `by_depth.csv`. Markdown tables have at most 8 columns (`tabulate`); LaTeX tables are
+booktabs tabulars (pandas' `Styler.to_latex`) set at their natural width, shrunk to `\linewidth` only
+when wider (a two-column page), so none overflows.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tabulate import tabulate
 
-from sft_sweeps.metrics import headline_keys, lower_is_better
+from sft_sweeps.metrics import arrow, fmt, headline_keys, lookup, lower_is_better, short_name
 from sft_sweeps.report.analysis import Pick, SettingReport, SweepReport
+from sft_sweeps.report.records import RUN_COLUMNS
 from sft_sweeps.report.stats import ALPHA, CONFIDENCE, PERMUTATIONS, MeanCI
 
 METHOD = f"""\
@@ -31,14 +42,6 @@ Tests compare every strategy with the best one of each metric (higher is better,
   test when the seed test is not possible (fewer than 2 seed pairs, or differences without variance).
   Strategies tied for the best mean are all in bold, and a tie is never significant.
 """
-
-
-def fmt(x: float | None, digits: int = 3) -> str:
-    """Fixed-point number; never `-0.000`."""
-    if x is None:
-        return "—"
-    text = f"{x:.{digits}f}"
-    return text[1:] if re.fullmatch(r"-0\.0*", text) else text
 
 
 def fmt_signed(x: float | None, digits: int = 3) -> str:
@@ -62,17 +65,92 @@ def fmt_ci(m: MeanCI | None, pm: str = "±") -> str:
     return f"{fmt(m.mean)} {pm} {fmt(m.half_width)}"
 
 
-def arrow(metric: str) -> str:
-    return "↓" if lower_is_better(metric) else "↑"
-
-
 def md_table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
-    """A GitHub Markdown table; `align` is one letter per column (l or r), default l then r."""
+    """A GitHub Markdown table (`tabulate`'s pipe format); `align` is one letter per column (l or r),
+    default l then r. Cells are taken as they are (no number parsing), `|` escaped."""
     align = align or "l" + "r" * (len(headers) - 1)
-    rule = ["---:" if a == "r" else ":---" for a in align]
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    colalign = tuple("right" if a == "r" else "left" for a in align)
+    cells = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+    if not cells:  # tabulate drops the alignment row of an empty table
+        cells = [["" for _ in headers]]
+    return tabulate(cells, headers=headers, tablefmt="pipe", colalign=colalign, disable_numparse=True) + "\n"
+
+
+# Markdown tables stay readable on a screen: at most this many metric columns beside the strategy and n.
+MAX_METRIC_COLUMNS = 6
+
+
+def _chunks(items: list[str], size: int = MAX_METRIC_COLUMNS) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
+
+
+def constant_metrics(setting: SettingReport, metrics: list[str]) -> list[str]:
+    """Metrics where every strategy ties with no variance: one value on every seed of every strategy (e.g.
+    a stop rate of 1.000 everywhere). They tell strategies apart by nothing, so the main table leaves them
+    out and says so."""
+    out = []
+    for metric in metrics:
+        values = [v for by_seed in setting.by_seed.get(metric, {}).values() for v in by_seed.values()]
+        if len(setting.by_seed.get(metric, {})) > 1 and values and max(values) - min(values) <= 1e-12:
+            out.append(metric)
+    return out
+
+
+@dataclass
+class MetricTables:
+    """The metrics of a setting, by the table they go to."""
+
+    main: list[str]  # headline metrics of the registry that tell strategies apart
+    constant: list[str]  # headline metrics where every strategy ties with no variance
+    other: list[str]  # other compared metrics, over all tasks
+    tasks: dict[str, dict[str, str]]  # `benchmark/metric` -> task -> key of its per-task breakdown
+    bookkeeping: list[str]  # counts, times, the training loss: never compared
+
+
+def metric_tables(setting: SettingReport) -> MetricTables:
+    overall = [m for m in setting.eval_metrics if m.count("/") <= 1]
+    heads = headline_keys(overall) or overall[:1]
+    constant = constant_metrics(setting, heads)
+    tasks: dict[str, dict[str, str]] = {}
+    for key in setting.eval_metrics:
+        parts = key.split("/")
+        if len(parts) == 3:
+            tasks.setdefault(f"{parts[0]}/{parts[2]}", {})[parts[1]] = key
+    return MetricTables(
+        main=[m for m in heads if m not in constant],
+        constant=constant,
+        other=[m for m in overall if m not in heads],
+        tasks=tasks,
+        bookkeeping=list(setting.train_metrics),
+    )
+
+
+def column_name(metric: str) -> str:
+    """A metric's column header: its registry short name and direction (`turn EM ↑`)."""
+    return f"{short_name(metric)} {arrow(metric)}"
+
+
+def legend(metrics: list[str]) -> str:
+    """`turn EM`: `synthetic/turn_exact_match`, per-turn exact match ...; one line per column."""
+    lines = []
+    for m in metrics:
+        declared = lookup(m)
+        about = f", {declared.description}" if declared is not None else ""
+        lines.append(f"`{short_name(m)}`: `{m}`{about}")
+    return ("Columns: " + "; ".join(lines) + ".\n") if lines else ""
+
+
+def constant_value(setting: SettingReport, metric: str) -> float:
+    """The one value of a metric of `constant_metrics`."""
+    return next(iter(next(iter(setting.by_seed[metric].values())).values()))
+
+
+def constant_line(setting: SettingReport, metrics: list[str]) -> str:
+    """`Left out (every strategy ties, no variance): stop 1.000 (synthetic/stop_rate).`"""
+    if not metrics:
+        return ""
+    cells = [f"`{short_name(m)}` {fmt(constant_value(setting, m))} (`{m}`)" for m in metrics]
+    return f"Left out (every strategy ties on every seed, no variance): {', '.join(cells)}.\n"
 
 
 def _is_best(setting: SettingReport, metric: str, strategy: str) -> bool:
@@ -109,14 +187,53 @@ def results_rows(setting: SettingReport, metrics: list[str], bold: str = "**") -
     return rows
 
 
-def results_table_md(setting: SettingReport, metrics: list[str]) -> str:
-    """Strategies x metrics, mean ± CI, best per column in bold, `n` = seeds done; with a selection, the
-    value chosen on validation for each strategy after its name."""
+def results_table_md(setting: SettingReport, metrics: list[str], bold: str = "**") -> str:
+    """Strategies x metrics (short names), mean ± CI, best per column in bold, `n` = seeds done; with a
+    selection, the value chosen on validation for each strategy after its name. More metrics than
+    `MAX_METRIC_COLUMNS` make several tables."""
     chosen = [f"{key} (chosen)" for key in selection_keys(setting)]
-    headers = ["strategy", *chosen, "n", *[f"{m} {arrow(m)}" for m in metrics]]
-    return md_table(
-        headers, results_rows(setting, metrics), "l" * (1 + len(chosen)) + "r" * (1 + len(metrics))
-    )
+    tables = []
+    for chunk in _chunks(metrics):
+        headers = ["strategy", *chosen, "n", *[column_name(m) for m in chunk]]
+        align = "l" * (1 + len(chosen)) + "r" * (1 + len(chunk))
+        tables.append(md_table(headers, results_rows(setting, chunk, bold), align))
+    return "\n".join(tables)
+
+
+def task_tables_md(setting: SettingReport, tasks: dict[str, dict[str, str]]) -> str:
+    """One table per metric with per-task breakdowns: strategies x tasks, mean ± CI."""
+    parts = []
+    for metric, by_task in tasks.items():
+        names = sorted(by_task)
+        for chunk in _chunks(names):
+            rows = [
+                [
+                    s,
+                    str(len(setting.seeds[s])),
+                    *[fmt_ci(setting.summary.get(by_task[t], {}).get(s)) for t in chunk],
+                ]
+                for s in setting.strategies
+            ]
+            parts.append(f"`{metric}` ({short_name(metric)} {arrow(metric)}) by task:\n")
+            parts.append(md_table(["strategy", "n", *chunk], rows))
+    return "\n".join(parts)
+
+
+def depth_tables_md(setting: SettingReport, metrics: list[str]) -> str:
+    """One table per metric with per-depth results: strategies x assistant turn, mean ± CI over seeds."""
+    parts = []
+    for metric in metrics:
+        series = setting.by_depth.get(metric) or {}
+        depths = sorted({d for by_depth in series.values() for d in by_depth})
+        for chunk in _chunks([str(d) for d in depths], MAX_METRIC_COLUMNS + 1):
+            rows = [
+                [s, *[fmt_ci(series.get(s, {}).get(int(d))) for d in chunk]]
+                for s in setting.strategies
+                if s in series
+            ]
+            parts.append(f"`{metric}` ({short_name(metric)} {arrow(metric)}) by assistant turn:\n")
+            parts.append(md_table(["strategy", *[f"turn {d}" for d in chunk]], rows))
+    return "\n".join(parts)
 
 
 def selection_caption(setting: SettingReport) -> str:
@@ -159,9 +276,8 @@ def _selection_md(setting: SettingReport) -> str:
 def _picks_md(setting: SettingReport) -> str:
     rows = [
         [
-            p.metric,
-            p.best,
-            fmt(p.best_mean),
+            short_name(p.metric),
+            f"{p.best} ({fmt(p.best_mean)})",
             p.runner_up or "—",
             fmt(p.margin),
             p.test or "—",
@@ -174,8 +290,7 @@ def _picks_md(setting: SettingReport) -> str:
     return md_table(
         [
             "metric",
-            "best",
-            "mean",
+            "best (mean)",
             "runner-up",
             "margin",
             "test",
@@ -184,7 +299,7 @@ def _picks_md(setting: SettingReport) -> str:
             "seeds for 80% power",
         ],
         rows,
-        "llrlrlrlr",
+        "lllrlrlr",
     )
 
 
@@ -212,28 +327,26 @@ def _comparisons_md(setting: SettingReport) -> str:
             items = c.items
             rows.append(
                 [
-                    metric,
+                    short_name(metric),
                     f"{c.strategy} vs {best}",
                     fmt_signed(c.gap),
                     str(c.seeds.n),
-                    fmt_p(c.seeds.p),
                     fmt_p(c.seeds_p_holm) + (f" ({c.seeds.note})" if c.seeds.note else ""),
                     str(items.n) if items else "—",
-                    fmt_p(items.p) if items else "n/a",
                     fmt_p(c.items_p_holm) if items else "n/a",
                 ]
             )
     if not rows:
         return "Only one strategy has results: nothing to compare.\n"
     return md_table(
-        ["metric", "comparison", "gap", "seeds", "p", "p (Holm)", "items", "p", "p (Holm)"], rows, "llrrrrrrr"
+        ["metric", "comparison", "gap", "seeds", "p seeds (Holm)", "items", "p items (Holm)"], rows, "llrrrrr"
     )
 
 
 def _hygiene_md(report: SweepReport) -> str:
     h = report.hygiene
     out = [
-        f"- Runs: {h.expected} expected by the grid (every setting × strategy × seed seen in a sweep), "
+        f"- Runs: {h.expected} expected by the grid (each setting's strategies × its seeds), "
         f"{h.done} done, {len(h.not_done)} not done, {len(h.missing)} missing."
     ]
     for setting in report.settings:
@@ -254,6 +367,11 @@ def _hygiene_md(report: SweepReport) -> str:
             else "**no**: " + "; ".join(f"{s}: {v}" for s, v in setting.seeds.items())
         )
         out.append(f"- `{setting.name}`: same data across strategies: {same}. Same seeds done: {seeds}.")
+    if report.runs and not any(r.record.eval_items or r.record.by_depth for r in report.runs):
+        out.append(
+            "- The records hold no per-item results and no turn-depth results (a runs.csv, or W&B runs): "
+            "no item tests, no depth tables or plots; the result.json records have them."
+        )
     if len(h.commits) > 1:
         out.append(
             f"- **Runs come from {len(h.commits)} code versions**: {', '.join(f'`{c}`' for c in h.commits)}."
@@ -297,10 +415,13 @@ def report_md(report: SweepReport, command: str, plots: dict[str, list[str]]) ->
         METHOD,
     ]
     for setting in report.settings:
-        parts.append(f"## {setting.name}\n")
+        parts.append(f"## {setting.label}\n")
+        if setting.label != setting.name:
+            parts.append(f"Setting: `{setting.name}`\n")
         if not setting.eval_metrics:
             parts.append(no_metric_md(setting))  # says so when runs are done but their grades are missing
             continue
+        tables = metric_tables(setting)
         if setting.candidates:
             parts.append(f"### Selection on validation (never on test){selection_caption(setting)}\n")
             parts.append(_selection_md(setting))
@@ -308,44 +429,60 @@ def report_md(report: SweepReport, command: str, plots: dict[str, list[str]]) ->
         parts.append(
             f"### Results (mean ± {CONFIDENCE:.0%} CI over seeds; best in bold{selection_caption(setting)})\n"
         )
-        parts.append(results_table_md(setting, setting.eval_metrics))
+        parts.append(results_table_md(setting, tables.main))
+        parts.append(legend(tables.main))
+        parts.append(constant_line(setting, tables.constant))
         if any(len(v) == 1 for v in setting.seeds.values()):
-            parts.append("\nn=1: one seed, no confidence interval.\n")
+            parts.append("n=1: one seed, no confidence interval.\n")
+        if tables.other:
+            parts.append("### Other metrics\n")
+            parts.append(results_table_md(setting, tables.other))
+            parts.append(legend(tables.other))
+        if tables.tasks:
+            parts.append("### By task\n")
+            parts.append(task_tables_md(setting, tables.tasks))
+        depth = [m for m in [*tables.main, *tables.other] if setting.by_depth.get(m)]
+        if depth:
+            parts.append("### By turn depth\n")
+            parts.append(depth_tables_md(setting, depth))
         parts.append("\n### Seed spread\n")
         parts.append(_spread_md(setting))
         parts.append("\n### Best strategy per metric\n")
         parts.append(_picks_md(setting))
         parts.append("\n### Paired tests against the best\n")
-        parts.append("`gap` is strategy minus best, in metric units.\n\n")
+        parts.append(
+            "`gap` is strategy minus best, in metric units; p-values Holm-adjusted (raw ones in "
+            "tests.csv).\n\n"
+        )
         parts.append(_comparisons_md(setting))
         if sections := benchmark_sections_md(setting):  # Multi-IF and MT-Bench as their papers show them
             parts.append("\n" + sections)
-        if setting.train_metrics:
+        if tables.bookkeeping:
             parts.append(
-                "\n### Training (not comparable across strategies: each minimizes a loss on other tokens)\n"
+                "\n### Bookkeeping (not compared: counts, times, and the training loss, which each strategy "
+                "computes over other tokens)\n"
             )
-            parts.append(results_table_md_plain(setting, setting.train_metrics))
+            parts.append(results_table_md(setting, tables.bookkeeping, bold=""))
         for png in plots.get(setting.name, []):
             parts.append(f"\n![{png}]({png})\n")
-    return "\n".join(p.rstrip("\n") + "\n" for p in parts)
-
-
-def results_table_md_plain(setting: SettingReport, metrics: list[str]) -> str:
-    return md_table(["strategy", "n", *metrics], results_rows(setting, metrics, bold=""))
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts if p)
 
 
 def readme_table_md(report: SweepReport, command: str) -> str:
-    """The README snippet: key metrics per setting, and the command that regenerates it."""
+    """The README snippet: the main table per setting, its legend, the picks, and the command."""
     parts = []
     for setting in report.settings:
-        metrics = headline_keys(setting.eval_metrics) or setting.eval_metrics
+        tables = metric_tables(setting)
+        metrics = tables.main
         n_seeds = sorted({len(v) for v in setting.seeds.values()})
         seeds = f"{'/'.join(map(str, n_seeds))} seed{'' if n_seeds == [1] else 's'}"
         parts.append(
-            f"**{setting.name}**: mean ± {CONFIDENCE:.0%} CI over {seeds}; best in bold"
+            f"**{setting.label}**: mean ± {CONFIDENCE:.0%} CI over {seeds}; best in bold"
             f"{selection_caption(setting)}.\n"
         )
         parts.append(results_table_md(setting, metrics))
+        parts.append(legend(metrics))
+        parts.append(constant_line(setting, tables.constant))
         parts.append("".join(pick_line(p) for p in setting.picks if p.metric in metrics))
         if metrics:
             parts.append(spread_line(setting, metrics[0]))
@@ -354,7 +491,7 @@ def readme_table_md(report: SweepReport, command: str) -> str:
         f"{h.done}/{h.expected} runs done; {len(h.not_done)} not done and {len(h.missing)} missing "
         "(listed in report.md, never averaged). Regenerate: `{command}`\n".replace("{command}", command)
     )
-    return "\n".join(p.rstrip("\n") + "\n" for p in parts)
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts if p)
 
 
 def spread_line(setting: SettingReport, metric: str) -> str:
@@ -423,14 +560,52 @@ def _tex_ci(m: MeanCI | None) -> str:
     return f"{fmt(m.mean)} $\\pm$ {fmt(m.half_width)}"
 
 
+# Sets a tabular at its natural width, or shrunk to \linewidth when wider (a two-column page): graphicx's
+# \resizebox only where a table would overflow, so one-column tables keep their font size.
+TEX_PREAMBLE = r"""% Generated by `python -m sft_sweeps.report`.
+% Needs \usepackage{booktabs} and \usepackage{graphicx}.
+% \sftfit{...}: the table at its natural width, scaled down to \linewidth only when it is wider.
+\makeatletter
+\@ifundefined{sftfitbox}{\newsavebox{\sftfitbox}}{}
+\providecommand{\sftfit}[1]{\sbox{\sftfitbox}{#1}%
+  \ifdim\wd\sftfitbox>\linewidth\resizebox{\linewidth}{!}{\usebox{\sftfitbox}}\else\usebox{\sftfitbox}\fi}
+\makeatother
+"""
+
+
+def tex_table(headers: list[str], rows: list[list[str]], column_format: str, caption: str, label: str) -> str:
+    """A booktabs table float: the tabular from pandas' `Styler.to_latex` (cells already LaTeX), fitted to
+    `\linewidth` by `\sftfit`."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=pd.Index(headers))
+    tabular = frame.style.hide(axis="index").to_latex(column_format=column_format, hrules=True).strip()
+    return "\n".join(
+        [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\small",
+            f"\\caption{{{caption}}}",
+            f"\\label{{{label}}}",
+            f"\\sftfit{{%\n{tabular}%\n}}",
+            r"\end{table}",
+            "",
+        ]
+    )
+
+
+def _tex_column(metric: str) -> str:
+    return f"{tex_escape(short_name(metric))} {_tex_arrow(metric)}"
+
+
 def report_tex(report: SweepReport) -> str:
-    """One booktabs table per setting (results, best in bold), then one of the picks."""
-    out = ["% Generated by `python -m sft_sweeps.report`; needs \\usepackage{booktabs}.\n"]
+    """Per setting: the main results table (headline metrics, short names, best in bold) and the picks."""
+    out = [TEX_PREAMBLE]
     for i, setting in enumerate(report.settings):
-        metrics = setting.eval_metrics
-        if not metrics:
+        if not setting.eval_metrics:
             continue
-        header = " & ".join(["Strategy", "$n$", *[f"{tex_escape(m)} {_tex_arrow(m)}" for m in metrics]])
+        tables = metric_tables(setting)
+        metrics = tables.main
         rows = []
         for s in setting.strategies:
             cells = []
@@ -438,81 +613,57 @@ def report_tex(report: SweepReport) -> str:
                 text = _tex_ci(setting.summary.get(metric, {}).get(s))
                 cells.append(f"\\textbf{{{text}}}" if _is_best(setting, metric, s) else text)
             label = s + "".join(f", {v}" for v in setting.chosen(s))  # the values chosen on validation
-            rows.append(" & ".join([tex_escape(label), str(len(setting.seeds[s])), *cells]) + r" \\")
+            rows.append([tex_escape(label), str(len(setting.seeds[s])), *cells])
         has_n1 = any(len(v) == 1 for v in setting.seeds.values())
         confidence = tex_escape(f"{CONFIDENCE:.0%}")
+        names = "; ".join(f"{tex_escape(short_name(m))}: \\texttt{{{tex_escape(m)}}}" for m in metrics)
+        left_out = "".join(
+            f" {tex_escape(short_name(m))} is {fmt(constant_value(setting, m))} for every strategy and seed "
+            "(left out)."
+            for m in tables.constant
+        )
         caption = (
-            f"{tex_escape(setting.name)}: mean $\\pm$ {confidence} CI over seeds (t-distribution); "
+            f"{tex_escape(setting.label)}: mean $\\pm$ {confidence} CI over seeds (t-distribution); "
             "best in bold"
             + tex_escape(selection_caption(setting).replace("`", ""))
-            + "."
+            + f". {names}."
+            + left_out
             + (r" $^\dagger$one seed, no interval." if has_n1 else "")
         )
-        out += [
-            r"\begin{table}[t]",
-            r"\centering",
-            r"\small",
-            f"\\caption{{{caption}}}",
-            f"\\label{{tab:masking-results-{i}}}",
-            f"\\begin{{tabular}}{{l{'r' * (len(metrics) + 1)}}}",
-            r"\toprule",
-            header + r" \\",
-            r"\midrule",
-            *rows,
-            r"\bottomrule",
-            r"\end{tabular}",
-            r"\end{table}",
-            "",
-        ]
-        pick_rows = [
-            " & ".join(
-                [
-                    tex_escape(p.metric),
-                    tex_escape(p.best),
-                    fmt(p.best_mean),
-                    tex_escape(p.runner_up or "--"),
-                    fmt(p.margin) if p.margin is not None else "--",
-                    fmt_p(p.p_holm).replace("<", "$<$"),
-                    "yes" if p.significant else "no",
-                ]
+        out.append(
+            tex_table(
+                ["Strategy", "$n$", *[_tex_column(m) for m in metrics]],
+                rows,
+                "l" + "r" * (len(metrics) + 1),
+                caption,
+                f"tab:masking-results-{i}",
             )
-            + r" \\"
+        )
+        pick_rows = [
+            [
+                tex_escape(short_name(p.metric)),
+                tex_escape(p.best),
+                tex_escape(p.runner_up or "--"),
+                fmt(p.margin) if p.margin is not None else "--",
+                fmt_p(p.p_holm).replace("<", "$<$") + ("$^*$" if p.significant else ""),
+            ]
             for p in setting.picks
+            if p.metric in metrics or p.metric in tables.other
         ]
-        out += [
-            r"\begin{table}[t]",
-            r"\centering",
-            r"\small",
-            f"\\caption{{{tex_escape(setting.name)}: best strategy per metric, margin over the runner-up, "
-            f"Holm-adjusted paired p-value.}}",
-            f"\\label{{tab:masking-picks-{i}}}",
-            r"\begin{tabular}{llrlrrl}",
-            r"\toprule",
-            r"Metric & Best & Mean & Runner-up & Margin & $p$ (Holm) & Significant \\",
-            r"\midrule",
-            *pick_rows,
-            r"\bottomrule",
-            r"\end{tabular}",
-            r"\end{table}",
-            "",
-        ]
+        out.append(
+            tex_table(
+                ["Metric", "Best", "Runner-up", "Margin", "$p$ (Holm)"],
+                pick_rows,
+                "lllrr",
+                f"{tex_escape(setting.label)}: best strategy per metric, margin over the runner-up, "
+                f"Holm-adjusted paired $p$-value ($^*$significant at {ALPHA}).",
+                f"tab:masking-picks-{i}",
+            )
+        )
     return "\n".join(out)
 
 
-CSV_FIELDS = (
-    "setting",
-    "sweep",
-    "strategy",
-    "seed",
-    "status",
-    "group",
-    "config_hash",
-    "wall_time_s",
-    "git_commit",
-    "data_fingerprint",
-    "error",
-    "source",
-)
+CSV_FIELDS = RUN_COLUMNS
 
 
 def runs_csv(report: SweepReport) -> str:
@@ -550,3 +701,83 @@ def _csv_value(value: Any) -> str:
     return (
         repr(float(value)) if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
     )
+
+
+def summary_csv(report: SweepReport) -> str:
+    """Every metric of every setting and strategy, mean and CI over seeds, with the table it belongs to
+    (`main`, `constant`, `other`, `task`, `bookkeeping`); floats in repr."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["setting", "table", "metric", "strategy", "n", "mean", "ci_half_width"])
+    for setting in report.settings:
+        tables = metric_tables(setting)
+        kind = {m: "main" for m in tables.main} | {m: "constant" for m in tables.constant}
+        kind |= {m: "other" for m in tables.other} | {m: "bookkeeping" for m in tables.bookkeeping}
+        kind |= {key: "task" for by_task in tables.tasks.values() for key in by_task.values()}
+        for metric in [m for m in setting.summary if m in kind]:
+            for strategy, m in setting.summary[metric].items():
+                writer.writerow(
+                    [
+                        setting.name,
+                        kind[metric],
+                        metric,
+                        strategy,
+                        m.n,
+                        _csv_value(m.mean),
+                        _csv_value(m.half_width),
+                    ]
+                )
+    return buffer.getvalue()
+
+
+def by_depth_csv(report: SweepReport) -> str:
+    """Per setting, metric, strategy and assistant turn: mean and CI over seeds."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["setting", "metric", "strategy", "turn", "n", "mean", "ci_half_width"])
+    for setting in report.settings:
+        for metric, series in setting.by_depth.items():
+            for strategy, by_depth in series.items():
+                for depth, m in by_depth.items():
+                    writer.writerow(
+                        [
+                            setting.name,
+                            metric,
+                            strategy,
+                            depth,
+                            m.n,
+                            _csv_value(m.mean),
+                            _csv_value(m.half_width),
+                        ]
+                    )
+    return buffer.getvalue()
+
+
+def tests_csv(report: SweepReport) -> str:
+    """Every paired test against the best: raw and Holm-adjusted p-values, seeds and items."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["setting", "metric", "strategy", "best", "gap", "seeds", "p_seeds", "p_seeds_holm"]
+        + ["items", "p_items", "p_items_holm"]
+    )
+    for setting in report.settings:
+        for metric, comparisons in setting.comparisons.items():
+            for c in comparisons:
+                items = c.items
+                writer.writerow(
+                    [
+                        setting.name,
+                        metric,
+                        c.strategy,
+                        _best(setting, metric),
+                        _csv_value(c.gap),
+                        c.seeds.n,
+                        _csv_value(c.seeds.p),
+                        _csv_value(c.seeds_p_holm),
+                        items.n if items else "",
+                        _csv_value(items.p) if items else "",
+                        _csv_value(c.items_p_holm) if items else "",
+                    ]
+                )
+    return buffer.getvalue()
