@@ -272,7 +272,10 @@ class TrainConfig:
     optim: str = "adamw_torch"
     # Tokens per sample after tokenization; longer samples are truncated as `truncation_mode` says.
     max_length: int = 1024
-    truncation_mode: str = "keep_start"  # keep_start | keep_end
+    # turns: keep the system message, drop the earliest whole turns, cut inside a message only as a last
+    # resort (the final turn always survives, so `last` and `all` train on the same conversations);
+    # keep_start / keep_end: the first / last `max_length` tokens (sft_sweeps.masking.dataset).
+    truncation_mode: str = "turns"
     loss_normalizer: LossNormalizer = LossNormalizer.weight_sum
     # random | group_by_length (batches of similar length: less padding, faster on CPU) | sequential.
     train_sampling_strategy: str = "random"
@@ -297,7 +300,7 @@ class TrainConfig:
             f"must be one of {samplers}",
             self.train_sampling_strategy,
         )
-        modes = ("keep_start", "keep_end")
+        modes = ("turns", "keep_start", "keep_end")
         _check(
             self.truncation_mode in modes,
             "train.truncation_mode",

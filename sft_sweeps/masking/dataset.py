@@ -42,6 +42,46 @@ _KEY_FIELD, _CHECKSUM_FIELD = b"sft_sweeps.cache_key", b"sft_sweeps.checksum"
 _BATCH = 512  # conversations rendered and tokenized per batch: bounds memory, keeps Rust batching efficient
 
 
+TRUNCATION_MODES = ("turns", "keep_start", "keep_end")
+
+
+def turn_window(message: np.ndarray, roles: list[str], max_length: int) -> tuple[np.ndarray, int]:
+    """The tokens a sample longer than `max_length` keeps under `truncation_mode=turns`, and how many
+    whole turns it dropped.
+
+    The leading system messages (and any template text before the first message) are kept; then the
+    earliest whole turns (a user message and everything up to the next one: assistant messages, tool calls
+    and results) are dropped, fewest first, until the rest fits. The last turn always stays: a strategy
+    that supervises the final answer (`last`, `last_round`) finds it in every sample, and every strategy
+    sees the same tokens. When even the last turn does not fit beside the system messages, the start of
+    that turn is cut (its end, the final answer, is kept); when the system messages alone do not fit, the
+    last `max_length` tokens are kept.
+
+    Args:
+        message: per token, the index of its message (-1: template text before the first message).
+        roles: the role of each message of the conversation.
+        max_length: tokens to keep.
+
+    Example:
+        >>> msg = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])  # system, user, assistant, user, assistant
+        >>> turn_window(msg, ["system", "user", "assistant", "user", "assistant"], 6)[0].tolist()
+        [0, 1, 6, 7, 8, 9]
+    """
+    first = next((k for k, role in enumerate(roles) if role != "system"), len(roles))
+    head = np.flatnonzero(message < first)
+    last_message = int(message.max()) if len(message) else -1  # a turn-expanded sample ends at its target
+    starts = [k for k, role in enumerate(roles) if role == "user" and first <= k <= last_message]
+    room = max_length - len(head)
+    if not starts or room <= 0:
+        return np.arange(len(message) - max_length, len(message)), 0
+    for dropped, start in enumerate(starts[1:], start=1):
+        tail = np.flatnonzero(message >= start)
+        if len(tail) <= room:
+            return np.concatenate([head, tail]), dropped
+    tail = np.flatnonzero(message >= starts[-1])
+    return np.concatenate([head, tail[-room:]]), len(starts) - 1
+
+
 @dataclass
 class MaskingStats:
     """What data preparation did, for the run record (`result.json`) and the logger.
@@ -58,6 +98,7 @@ class MaskingStats:
         supervised_tokens: tokens with weight > 0 in the returned dataset.
         weight_sum: sum of all weights in the returned dataset.
         truncated_tokens: tokens cut by truncation, over all samples.
+        truncated_turns: whole turns dropped from the start of a history (`truncation_mode=turns`).
         used_generation_markers: assistant spans came from the template's `{% generation %}` blocks.
         cache_hit: the tokenization was read from the cache.
     """
@@ -73,6 +114,7 @@ class MaskingStats:
     supervised_tokens: int = 0
     weight_sum: float = 0.0
     truncated_tokens: int = 0
+    truncated_turns: int = 0
     used_generation_markers: bool = False
     cache_hit: bool = False
 
@@ -246,7 +288,7 @@ def build_dataset(
     conversations: list[dict[str, Any]],
     masking: MaskingConfig,
     max_length: int,
-    truncation_mode: str = "keep_start",
+    truncation_mode: str = "turns",
     cache_dir: str | None = None,
 ) -> tuple[datasets.Dataset, MaskingStats]:
     """Tokenize conversations and weight every token by `masking`'s strategy.
@@ -258,7 +300,9 @@ def build_dataset(
             `train: false` message (Axolotl) is never supervised.
         masking: strategy and parameters; `expand_turns` makes one sample per supervised assistant turn.
         max_length: tokens kept per sample.
-        truncation_mode: `keep_start` keeps the first `max_length` tokens, `keep_end` the last.
+        truncation_mode: `turns` (default) drops the earliest whole turns, keeping the system message and
+            the last turn (`turn_window`); `keep_start` keeps the first `max_length` tokens, `keep_end`
+            the last.
         cache_dir: where tokenizations are cached; None tokenizes without caching.
 
     Returns:
@@ -278,8 +322,8 @@ def build_dataset(
         >>> ds[0]["weights"][-4:], stats.kept, stats.supervised_tokens  # y o <|im_end|> \\n
         ([1.0, 1.0, 1.0, 0.0], 1, 3)
     """
-    if truncation_mode not in ("keep_start", "keep_end"):
-        raise ValueError(f"truncation_mode must be keep_start or keep_end, got {truncation_mode!r}")
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
     if max_length <= 0:
         raise ValueError(f"max_length must be positive, got {max_length}")
     table, hit = _load_or_tokenize(tokenizer, conversations, masking.expand_turns, cache_dir)
@@ -322,23 +366,32 @@ def build_dataset(
         stats.samples += 1
         samples_per_conv[i] += 1
         sample_tokens[i] += b - a
-        lo, hi = 0, b - a
-        if hi > max_length:
+        kept = slice(0, b - a)
+        if b - a > max_length:
             stats.truncated += 1
-            stats.truncated_tokens += hi - max_length
-            lo, hi = (0, max_length) if truncation_mode == "keep_start" else (hi - max_length, hi)
-        w = w[lo:hi]
+            stats.truncated_tokens += b - a - max_length
+            if truncation_mode == "turns":
+                roles = [m["role"] for m in record["messages"]]
+                kept, dropped = turn_window(msg[a:b], roles, max_length)
+                stats.truncated_turns += dropped
+            else:
+                kept = (
+                    slice(0, max_length)
+                    if truncation_mode == "keep_start"
+                    else slice(b - a - max_length, b - a)
+                )
+        w = w[kept]
         total = float(w.sum(dtype=np.float64))
         if total <= 0:
             stats.dropped_zero_weight += 1
             continue
-        out_ids.append(ids[a + lo : a + hi])
+        out_ids.append(ids[a:b][kept])
         out_weights.append(w)
         name = str(record.get("id", i))
         out_names.append(name if t < 0 else f"{name}@{t}")
         stats.weight_sum += total
         stats.supervised_tokens += int((w > 0).sum())
-        stats.tokens += hi - lo
+        stats.tokens += len(w)
     stats.kept = len(out_ids)
     if masking.expand_turns:
         conv_tokens = np.asarray(json.loads(meta.get(b"conversation_tokens", b"[]")), dtype=np.int64)
