@@ -77,3 +77,35 @@ def test_agent_trajectories_keep_their_last_calls_results_and_answer(tmp_path) -
         last_user = [m for m in record["messages"] if m["role"] == "user"][-1]["content"]
         assert last_user in text and text.endswith(record["messages"][-1]["content"] + "<|im_end|>\n")
         assert len(row["input_ids"]) <= 760
+
+
+def test_the_report_accounts_for_what_each_strategy_trained_on(tmp_path) -> None:
+    """Records whose masking statistics come from real data preparation: keeping the start, `last` trains
+    on fewer conversations and the report and sweep table say why; by turns, no warning."""
+    from sft_sweeps.identity import RunRecord
+    from sft_sweeps.report.accounting import accounting_csv, accounting_md, warnings
+    from sft_sweeps.report.analysis import place_runs
+    from sft_sweeps.report.render import md_table
+
+    tok = build_embedded_tokenizer()
+    conversations = _sharegpt(200)
+    for mode in ("keep_start", "turns"):
+        records = []
+        for strategy in ("last", "all"):
+            _, stats = build_dataset(
+                tok, conversations, MaskingConfig(name=strategy), 256, mode, str(tmp_path)
+            )
+            cfg = compose_config([f"masking={strategy}", f"train.truncation_mode={mode}"])
+            record = RunRecord.start(cfg, run_dir=str(tmp_path / strategy))
+            record.status, record.metrics = "done", {"synthetic/turn_exact_match": 0.5}
+            record.data = {"fingerprint": "f" * 64, "stats": {}, "masking": stats.to_dict()}
+            records.append(record)
+        runs = place_runs(records)
+        lines = warnings(runs)
+        if mode == "keep_start":
+            (line,) = lines
+            assert "strategies trained on different conversations (last " in line
+            assert "nothing left to supervise after truncation (train.truncation_mode=keep_start" in line
+        else:
+            assert lines == []
+        assert "| last " in accounting_md(runs, md_table) and accounting_csv(runs).count("\n") == 3

@@ -90,6 +90,7 @@ class MaskingStats:
         conversations: conversations given.
         samples: samples built: one per conversation, or with `expand_turns` one per supervised turn.
         kept: samples in the returned dataset.
+        conversations_kept: conversations with at least one sample in it (what a strategy trained on).
         truncated: samples that lost tokens to `max_length` (whether kept or dropped afterwards).
         dropped_zero_weight: samples whose weights sum to 0 after truncation (never trained on).
         expanded_samples_added: samples beyond one per conversation that `expand_turns` made.
@@ -106,6 +107,7 @@ class MaskingStats:
     conversations: int = 0
     samples: int = 0
     kept: int = 0
+    conversations_kept: int = 0
     truncated: int = 0
     dropped_zero_weight: int = 0
     expanded_samples_added: int = 0
@@ -341,6 +343,7 @@ def build_dataset(
 
     factors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     out_ids, out_weights, out_names = [], [], []
+    kept_conversations: set[int] = set()
     sample_tokens = np.zeros(len(conversations), dtype=np.int64)
     samples_per_conv = np.zeros(len(conversations), dtype=np.int64)
     for row in range(len(conv)):
@@ -385,6 +388,7 @@ def build_dataset(
         if total <= 0:
             stats.dropped_zero_weight += 1
             continue
+        kept_conversations.add(i)
         out_ids.append(ids[a:b][kept])
         out_weights.append(w)
         name = str(record.get("id", i))
@@ -393,6 +397,7 @@ def build_dataset(
         stats.supervised_tokens += int((w > 0).sum())
         stats.tokens += len(w)
     stats.kept = len(out_ids)
+    stats.conversations_kept = len(kept_conversations)
     if masking.expand_turns:
         conv_tokens = np.asarray(json.loads(meta.get(b"conversation_tokens", b"[]")), dtype=np.int64)
         made = samples_per_conv > 0

@@ -2,7 +2,8 @@
 
 Writes `report.md` (hygiene, method, results, picks, tests, plots), `table.md` (the README snippet),
 `tables.tex` (booktabs), `runs.csv` (every run), `summary.csv` (every metric's mean and CI, with the table
-it belongs to), `by_depth.csv`, `tests.csv` (raw and Holm p-values) and PNG plots.
+it belongs to), `by_depth.csv`, `tests.csv` (raw and Holm p-values), `data.csv` (what each strategy trained
+on) and PNG plots.
 The same records give byte-identical outputs.
 
 Example:
@@ -30,7 +31,16 @@ __all__ = [
     "write_report",
 ]
 
-OUTPUTS = ("report.md", "table.md", "tables.tex", "runs.csv", "summary.csv", "by_depth.csv", "tests.csv")
+OUTPUTS = (
+    "report.md",
+    "table.md",
+    "tables.tex",
+    "runs.csv",
+    "summary.csv",
+    "by_depth.csv",
+    "tests.csv",
+    "data.csv",
+)
 
 
 def write_report(
@@ -50,6 +60,7 @@ def write_report(
     Returns:
         The analysis the files were written from.
     """
+    from sft_sweeps.report.accounting import accounting_csv
     from sft_sweeps.report.plots import plot_by_depth, plot_prompt_weight
     from sft_sweeps.report.render import (
         by_depth_csv,
@@ -85,4 +96,5 @@ def write_report(
     (out / "summary.csv").write_text(summary_csv(report))
     (out / "by_depth.csv").write_text(by_depth_csv(report))
     (out / "tests.csv").write_text(tests_csv(report))
+    (out / "data.csv").write_text(accounting_csv(report.runs))
     return report

@@ -87,6 +87,9 @@ def sweep_table(records: list[RunRecord]) -> tuple[RenderableType, list[str]]:
         table, setting_notes = _setting_table(runs, missing, metrics, labels[setting] if several else None)
         parts.append(table)
         notes += [f"{labels[setting]}: {n}" if several else n for n in setting_notes]
+    from sft_sweeps.report.accounting import warnings
+
+    notes += warnings(report.runs)
     for setting, count in report.hygiene.skipped.items():
         where = f"{labels.get(setting, setting)}: " if several else ""
         notes.append(f"{where}{count} source records skipped as invalid (reasons: data.stats in result.json)")

@@ -383,7 +383,12 @@ def _hygiene_md(report: SweepReport) -> str:
             f"- {setting}: **{count} source records skipped as invalid** (by reason in result.json, "
             "`data.stats`)."
         )
+    from sft_sweeps.report.accounting import accounting_md, warnings
+
+    out += [f"- **{line}**" for line in warnings(report.runs)]
     text = "\n".join(out) + "\n"
+    if table := accounting_md(report.runs, md_table):
+        text += "\nWhat each strategy trained on (`data.masking` of the runs; data.csv):\n\n" + table
     if h.not_done:
         rows = [
             [r.setting, r.strategy, str(r.seed), r.status, r.error_line()[:120] or "—", r.source]
