@@ -153,20 +153,23 @@ def collect(settings: Config) -> list[dict[str, Any]]:
 
 def show(samples: list[dict[str, Any]], console: Console) -> None:
     """Print samples with rich: every token coloured by its weight, then the per-strategy counts."""
-    console.print(
-        Text.assemble(
-            "weights: ",
-            ("0 ", _style(0)),
-            ("<0.5 ", _style(0.1)),
-            ("<1 ", _style(0.7)),
-            ("1 ", _style(1)),
-            (">1", _style(2)),
-            "; ",
-            ("tool call", "on dark_blue"),
-            " ",
-            ("tool result", "on grey23"),
+    if console.color_system is None:
+        console.print("weights: ⟦w=<weight>: supervised text⟧, the rest unsupervised", highlight=False)
+    else:
+        console.print(
+            Text.assemble(
+                "weights: ",
+                ("0 ", _style(0)),
+                ("<0.5 ", _style(0.1)),
+                ("<1 ", _style(0.7)),
+                ("1 ", _style(1)),
+                (">1", _style(2)),
+                "; ",
+                ("tool call", "on dark_blue"),
+                " ",
+                ("tool result", "on grey23"),
+            )
         )
-    )
     for sample in samples:
         counts = ", ".join(f"{k}={v}" for k, v in sample["supervised_tokens"].items())
         console.rule(f"{sample['id']} ({sample['strategy']})")
@@ -183,6 +186,9 @@ def show(samples: list[dict[str, Any]], console: Console) -> None:
                 ),
                 highlight=False,
             )
+        if console.color_system is None:  # not a terminal (a pipe, a log file): weights in brackets
+            console.print(plain_weights(sample), highlight=False, markup=False, soft_wrap=True)
+            continue
         line = Text()
         for piece, weight, kind, part in zip(
             sample["text"], sample["weights"], sample["kinds"], sample["parts"], strict=True
@@ -190,6 +196,28 @@ def show(samples: list[dict[str, Any]], console: Console) -> None:
             style = _style(weight) + (" underline" if kind == "scaffold" and weight > 0 else "")
             line.append(piece.replace("\n", "↵\n"), style=style + _PART_BACKGROUND.get(part, ""))
         console.print(line)
+
+
+def plain_weights(sample: dict[str, Any]) -> str:
+    """A sample's text with its weights in words: every run of supervised tokens of one weight inside
+    `⟦w=<weight>: ...⟧`, unsupervised text as it is (no colour needed: pipes, log files).
+
+    Example:
+        >>> plain_weights({"text": ["a", "b", "c"], "weights": [0.0, 1.0, 1.0]})
+        'a⟦w=1: bc⟧'
+    """
+    out, current = [], None
+    for piece, weight in zip(sample["text"], sample["weights"], strict=True):
+        if weight != current:
+            if current:
+                out.append("⟧")
+            if weight > 0:
+                out.append(f"⟦w={weight:g}: ")
+            current = weight
+        out.append(piece)
+    if current:
+        out.append("⟧")
+    return "".join(out)
 
 
 def run(cfg: DictConfig, console: Console | None = None) -> list[dict[str, Any]]:

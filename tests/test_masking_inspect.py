@@ -70,3 +70,16 @@ def _compose(overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(inspect.CONF_DIR)):
         return compose("config", overrides=overrides)
+
+
+def test_without_a_terminal_the_weights_are_written_out(data):
+    """Piped or logged, colour is gone: each run of supervised tokens is bracketed with its weight, and the
+    counts use the training log's definition (tokens with weight > 0)."""
+    console = Console(record=True, width=120, color_system=None)
+    cfg = _compose(["masking=weighted", *SMALL])
+    samples = inspect.run(cfg, console)
+    out = console.export_text()
+    assert "⟦w=1: " in out and "⟦w=0.1: " in out
+    for sample in samples:
+        assert inspect.plain_weights(sample) in out
+        assert sample["supervised_tokens"]["weighted"] == sum(w > 0 for w in sample["weights"])

@@ -462,6 +462,9 @@ def test_a_pick_that_is_not_significant_says_how_many_seeds_it_needs(
     report_md = squash((tmp_path / "out" / "report.md").read_text())
     assert line in report_md or f"| {expected.n} seeds |" in report_md
     assert "seeds for 80% power" in report_md
+    # The held-out split it rests on, and the items a paired test over them would need (issue 25).
+    assert pick.num_items == 2 * N_CONVERSATIONS and pick.items_needed is not None
+    assert f"held-out items (it has {2 * N_CONVERSATIONS})" in (tmp_path / "out" / "table.md").read_text()
     # A four-way tie or a significant pick names no seed count.
     stop = next(p for p in report.settings[0].picks if p.metric == "synthetic/stop_rate")
     assert stop.seeds_needed is None

@@ -177,6 +177,10 @@ class Pick:
     tied: list[str] = field(default_factory=list)  # strategies with the best mean exactly (bold too)
     # Seeds a paired t-test would need to detect this margin at 80% power (from the seed spread).
     seeds_needed: SeedsNeeded | None = None
+    # The held-out items the comparison rests on, and how many a paired test over items would need to
+    # detect this margin at 80% power: a held-out split too small for the claim says so.
+    num_items: int | None = None
+    items_needed: SeedsNeeded | None = None
 
 
 @dataclass(frozen=True)
@@ -423,8 +427,11 @@ def _items_by_key(run: Run, metric: str) -> dict[tuple, float] | None:
     return {k: sum(v) / len(v) for k, v in values.items()}
 
 
-def _item_test(best: dict[int, Run], other: dict[int, Run], metric: str) -> PairedTest | None:
-    """Permutation test over items of `best - other`, each item averaged over the seeds both ran."""
+def _item_pairs(
+    best: dict[int, Run], other: dict[int, Run], metric: str
+) -> tuple[list[float], list[float]] | None:
+    """Per-item values of `metric` in two strategies' runs, paired by item, each averaged over the seeds
+    both ran; None when the records hold no per-item evidence."""
     seeds = sorted(set(best) & set(other))
     per_seed = []
     for seed in seeds:
@@ -438,7 +445,23 @@ def _item_test(best: dict[int, Run], other: dict[int, Run], metric: str) -> Pair
     keys = sorted(common, key=lambda k: json.dumps(k, default=str))
     xa = [sum(a[k] for a, _ in per_seed) / len(per_seed) for k in keys]
     xb = [sum(b[k] for _, b in per_seed) / len(per_seed) for k in keys]
-    return paired_permutation(xa, xb)
+    return xa, xb
+
+
+def _item_test(best: dict[int, Run], other: dict[int, Run], metric: str) -> PairedTest | None:
+    """Permutation test over items of `best - other`, each item averaged over the seeds both ran."""
+    pairs = _item_pairs(best, other, metric)
+    return paired_permutation(*pairs) if pairs is not None else None
+
+
+def _items_needed(
+    best: dict[int, Run], other: dict[int, Run], metric: str, settled: bool
+) -> tuple[int | None, SeedsNeeded | None]:
+    """(held-out items paired, items needed for 80% power); the latter only where the pick is unsettled."""
+    pairs = _item_pairs(best, other, metric)
+    if pairs is None or not pairs[0]:
+        return None, None
+    return len(pairs[0]), None if settled else seeds_for_power(*pairs)
 
 
 def _analyze_setting(
@@ -528,6 +551,7 @@ def _analyze_setting(
                     tied,
                     # How many seeds would settle it: only said where the pick is not settled yet.
                     None if significant or len(tied) > 1 else seeds_for_power(*paired[runner.strategy]),
+                    *_items_needed(done[best], done[runner.strategy], metric, significant or len(tied) > 1),
                 )
             )
         else:

@@ -22,7 +22,7 @@ from tabulate import tabulate
 from sft_sweeps.metrics import arrow, fmt, headline_keys, lookup, lower_is_better, short_name
 from sft_sweeps.report.analysis import Pick, SettingReport, SweepReport
 from sft_sweeps.report.records import RUN_COLUMNS
-from sft_sweeps.report.stats import ALPHA, CONFIDENCE, PERMUTATIONS, MeanCI
+from sft_sweeps.report.stats import ALPHA, CONFIDENCE, MAX_SEEDS, PERMUTATIONS, MeanCI
 
 METHOD = f"""\
 Each cell is mean ± {CONFIDENCE:.0%} confidence interval over seeds (t-distribution, n-1 degrees of
@@ -526,13 +526,22 @@ def pick_line(p: Pick) -> str:
 
 
 def power_text(p: Pick) -> str:
-    """`needs ~12 seeds for 80% power`: how many seeds a paired t-test needs to detect this margin."""
+    """`needs ~12 seeds for 80% power`: how many seeds a paired t-test needs to detect this margin, and,
+    where the records hold per-item results, how many held-out items a paired test over items would."""
     needed = p.seeds_needed
     if needed is None:
         return ""
-    if needed.n is None:
-        return f"seeds for 80% power: {needed.text()}"
-    return f"needs ~{needed.text()} for 80% power"
+    text = (
+        f"seeds for 80% power: {needed.text()}"
+        if needed.n is None
+        else f"needs ~{needed.text()} for 80% power"
+    )
+    items = p.items_needed
+    if items is not None and items.n is not None and p.num_items is not None:
+        many = f">{MAX_SEEDS}" if items.n > MAX_SEEDS else f"~{items.n}"
+        small = " (**the held-out split is too small for this margin**)" if items.n > p.num_items else ""
+        text += f", or {many} held-out items (it has {p.num_items}){small}"
+    return text
 
 
 _LATEX_SPECIAL = {
