@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from sft_sweeps.naming import default_sweep_name
+
 
 class ConfigError(ValueError):
     """A config value is out of range or inconsistent; the message names the key."""
@@ -584,8 +586,6 @@ def register_configs() -> None:
     Each schema's `name` is `<group>_schema` (every option's YAML sets its own), and `validate` refuses a
     config whose group still says so: chosen alone, a schema would otherwise run its defaults (`all`).
     """
-    from sft_sweeps.identity import default_sweep_name  # identity reads these dataclasses
-
     OmegaConf.register_new_resolver("default_sweep_name", default_sweep_name, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)

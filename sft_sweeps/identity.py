@@ -24,7 +24,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +37,7 @@ from sft_sweeps.config import (
     MultiIFConfig,
 )
 from sft_sweeps.metrics import canonical_key
+from sft_sweeps.naming import DEFAULT_SWEEP, default_sweep_name, file_slug  # noqa: F401 (the identity API)
 
 # Keys that change how a run is observed, not what it computes: left out of the config hash.
 # Threads change the order of float sums only, not what is computed: a sweep resumes on another machine.
@@ -254,54 +254,6 @@ def job_dirname(override_dirname: str, seed: int, max_length: int = 120) -> str:
         digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
         settings = f"{settings[: room - 11]}-{digest}"
     return f"{settings}__{seed_part}" if settings else seed_part
-
-
-def file_slug(text: str, max_length: int = 60) -> str:
-    """`text` as a readable file-name part: `[A-Za-z0-9._+-]` only, at most `max_length` characters.
-
-    A longer text is cut and ends in a hash of the whole, so two long settings never share a file and no
-    name reaches the file-system limit (255 bytes), whatever the dataset paths and overrides.
-
-    Example:
-        >>> file_slug("synthetic/turn_exact_match")
-        'synthetic_turn_exact_match'
-        >>> len(file_slug("default | dataset.path=" + "/very/long/path" * 40))
-        60
-    """
-    slug = _UNSAFE.sub("_", text).strip("_.") or "x"
-    if len(slug) <= max_length:
-        return slug
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{slug[: max_length - 9].rstrip('_.')}-{digest}"
-
-
-# The embedded default's model and dataset: its sweep keeps the folder `multirun/default`.
-DEFAULT_SWEEP = "default"
-_DEFAULT_SETTING = ("tiny", "synthetic")
-
-
-def default_sweep_name(model_name: str, dataset_name: str, dataset_path: str | None = None) -> str:
-    """`sweep_name` when none is given: `default` for the embedded default, else dataset and model.
-
-    A sweep on other data or another model gets a folder of its own (`multirun/local_jsonl-chats__tiny`),
-    so it never shares `multirun/default` with the default sweep; the file name of `dataset.path` (its
-    folder when the name is a pattern such as `{split}.jsonl`) tells two local datasets apart.
-
-    Example:
-        >>> default_sweep_name("tiny", "synthetic")
-        'default'
-        >>> default_sweep_name("tiny", "local_jsonl", "data/chats.jsonl")
-        'local_jsonl-chats__tiny'
-    """
-    if (model_name, dataset_name) == _DEFAULT_SETTING and not dataset_path:
-        return DEFAULT_SWEEP
-    data = str(dataset_name)
-    if dataset_path:
-        path = PurePath(str(dataset_path).rstrip("/"))
-        stem = path.stem if "{" not in path.name and "*" not in path.name else path.parent.name
-        if stem:
-            data = f"{data}-{file_slug(stem, 32)}"
-    return f"{file_slug(data, 60)}__{file_slug(str(model_name), 40)}"
 
 
 @dataclass

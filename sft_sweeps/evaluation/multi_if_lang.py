@@ -95,7 +95,7 @@ def _thai() -> Any:
 
 
 def _lm_eval_util() -> Any:
-    from sft_sweeps.evaluation.multi_if import ifeval_registry
+    from sft_sweeps.evaluation.ifeval import ifeval_registry
 
     ifeval_registry()  # punkt_tab in place before lm-eval's util module is imported
     from lm_eval.tasks.ifeval import instructions_util

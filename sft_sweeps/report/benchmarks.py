@@ -17,7 +17,7 @@ import re
 
 from sft_sweeps.metrics import MULTI_IF_CELL, fmt
 from sft_sweeps.report.analysis import SettingReport
-from sft_sweeps.report.render import fmt_ci, md_table
+from sft_sweeps.report.cells import fmt_ci, md_table
 from sft_sweeps.report.stats import MeanCI
 
 ALL_LANGUAGES = "all_languages"

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tabulate import tabulate
 
 from sft_sweeps.metrics import arrow, fmt, headline_keys, lookup, lower_is_better, short_name
 from sft_sweeps.report.analysis import Pick, SettingReport, SweepReport
+from sft_sweeps.report.cells import fmt_ci, md_table  # noqa: F401 (used here and re-exported)
 from sft_sweeps.report.records import RUN_COLUMNS
 from sft_sweeps.report.stats import ALPHA, CONFIDENCE, MAX_SEEDS, PERMUTATIONS, MeanCI
 
@@ -55,25 +55,6 @@ def fmt_p(p: float | None) -> str:
     if p is None:
         return "n/a"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def fmt_ci(m: MeanCI | None, pm: str = "±") -> str:
-    if m is None:
-        return "—"
-    if m.half_width is None:
-        return f"{fmt(m.mean)} (n=1)"
-    return f"{fmt(m.mean)} {pm} {fmt(m.half_width)}"
-
-
-def md_table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
-    """A GitHub Markdown table (`tabulate`'s pipe format); `align` is one letter per column (l or r),
-    default l then r. Cells are taken as they are (no number parsing), `|` escaped."""
-    align = align or "l" + "r" * (len(headers) - 1)
-    colalign = tuple("right" if a == "r" else "left" for a in align)
-    cells = [[cell.replace("|", "\\|") for cell in row] for row in rows]
-    if not cells:  # tabulate drops the alignment row of an empty table
-        cells = [["" for _ in headers]]
-    return tabulate(cells, headers=headers, tablefmt="pipe", colalign=colalign, disable_numparse=True) + "\n"
 
 
 # Markdown tables stay readable on a screen: at most this many metric columns beside the strategy and n.
@@ -409,7 +390,7 @@ def _hygiene_md(report: SweepReport) -> str:
 
 def report_md(report: SweepReport, command: str, plots: dict[str, list[str]]) -> str:
     """The full Markdown report: hygiene, method, then per setting results, picks, tests and plots."""
-    from sft_sweeps.report.benchmarks import benchmark_sections_md, no_metric_md  # it imports this module
+    from sft_sweeps.report.benchmarks import benchmark_sections_md, no_metric_md
 
     parts = [
         "# Loss-masking sweep report\n",
