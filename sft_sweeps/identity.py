@@ -190,6 +190,8 @@ class RunRecord:
         owner: `host` and `pid` of the process writing a `running` record (to tell a dead run).
         optimized_metric: the metric returned to Hydra, resolved; the report selects on its validation
             score (`validation/<optimized_metric>`).
+        resumed_from_step: the optimizer step of the checkpoint an interrupted run continued from
+            (`sft_sweeps.checkpoints`); None when it trained from step 0.
         source: the file it was read from (set on reading, never written).
     """
 
@@ -216,6 +218,8 @@ class RunRecord:
     lm_eval: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
     model_path: str | None = None
+    # The optimizer step of the checkpoint the run continued from (None: trained from step 0).
+    resumed_from_step: int | None = None
     wall_time_s: float | None = None
     source: str | None = None
 

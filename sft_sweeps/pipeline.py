@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from transformers import set_seed
 
+from sft_sweeps.checkpoints import Continuation
 from sft_sweeps.cli import USER_ERRORS, full_error
 from sft_sweeps.config import Config, ConfigError, validate
 from sft_sweeps.data import Splits, load_splits
@@ -208,7 +209,9 @@ def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker:
         output_dir=str(Path(run_dir) / "trainer"),
         callbacks=[cb for cb in (ProgressCallback(label), tracker.callback()) if cb is not None],
     )
-    train_output = trainer.train()
+    # Continue an interrupted run from its last checkpoint of this config and data (sft_sweeps.checkpoints)
+    continuation = Continuation.prepare(trainer, settings, splits.fingerprint)
+    train_output = trainer.train(resume_from_checkpoint=continuation.checkpoint)
     model = trainer.model
     if not _is_main_process():
         return {}
@@ -227,7 +230,7 @@ def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker:
     metrics = {
         **evaluated["metrics"],
         **validation_metrics(context),
-        "train_loss": float(train_output.training_loss),
+        "train_loss": continuation.train_loss(train_output),
         "train_runtime_s": float(train_output.metrics["train_runtime"]),
         "train_steps": float(train_output.global_step),
         "num_parameters": float(count_parameters(model)),
@@ -243,7 +246,9 @@ def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker:
     for benchmark, items in evaluated["eval_items"].items():
         tracker.log_table(f"eval_items/{benchmark}", items)
     log.info("%s: %s", label, {k: round(v, 4) for k, v in metrics.items()})
+    continuation.finish()
     return {
+        "resumed_from_step": continuation.resumed_from_step,
         "metrics": metrics,
         "by_depth": evaluated["by_depth"],
         "eval_items": evaluated["eval_items"],
