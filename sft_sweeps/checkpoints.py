@@ -157,7 +157,11 @@ class Continuation:
             settings.train.max_steps,
         )
         return cls(
-            str(path), step, float(marker.get("loss_sum", 0.0)), output_dir, settings.train.keep_checkpoints,
+            str(path),
+            step,
+            float(marker.get("loss_sum", 0.0)),
+            output_dir,
+            settings.train.keep_checkpoints,
             is_main,
         )
 

@@ -286,7 +286,9 @@ class TrainConfig:
             "must be positive or null",
             self.save_steps,
         )
-        _check(self.save_total_limit >= 1, "train.save_total_limit", "must be at least 1", self.save_total_limit)
+        _check(
+            self.save_total_limit >= 1, "train.save_total_limit", "must be at least 1", self.save_total_limit
+        )
         _check(self.learning_rate > 0, "train.learning_rate", "must be positive", self.learning_rate)
         _check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
         samplers = ("random", "group_by_length", "sequential")

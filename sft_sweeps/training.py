@@ -158,9 +158,10 @@ class WeightedSFTTrainer(SFTTrainer):
         # with the loss summed so far, which transformers does not save.
         super()._save_checkpoint(model, trial)
         if self.args.should_save and self.checkpoint_identity is not None:
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            step = self.state.global_step
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
             loss_sum = self._total_loss_scalar + float(self._tr_loss.item())
-            write_marker(folder, self.checkpoint_identity, loss_sum, self.state.global_step)
+            write_marker(folder, self.checkpoint_identity, loss_sum, step)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = super()._get_train_sampler(train_dataset)

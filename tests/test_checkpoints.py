@@ -100,7 +100,9 @@ def _env() -> dict[str, str]:
 
 def _kill_after_checkpoint(command: list[str], trainer_dir: Path, step: int) -> int:
     """Start `command`, SIGKILL it once a complete checkpoint at `step` or later exists; that step."""
-    process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
@@ -110,7 +112,8 @@ def _kill_after_checkpoint(command: list[str], trainer_dir: Path, step: int) -> 
                 process.wait()
                 return done[0]
             if process.poll() is not None:
-                pytest.fail(f"the run ended before its checkpoint {step}: {process.stderr.read().decode()[-3000:]}")
+                error = process.stderr.read().decode()[-3000:]
+                pytest.fail(f"the run ended before its checkpoint {step}: {error}")
             time.sleep(0.02)
         pytest.fail(f"no checkpoint {step} within 300 s")
     finally:
