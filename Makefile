@@ -2,12 +2,13 @@
 # make sweep:   the default sweep, masking=full,last,all,weighted on the embedded default (2 CPU cores: ~3 min,
 #               jobs in parallel; benchmarks/bench_default_sweep.py).
 # make test:    the default test suite (what CI runs); test-slow adds the slow tests.
+# make test-slurm: starts a one-node Slurm on this machine (root) and runs the tests that submit to it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install sweep test test-slow test-gpu lint report clean
+.PHONY: install sweep test test-slow test-gpu test-slurm lint report clean
 
 install: $(STAMP)
 
@@ -27,6 +28,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow and not gpu"
+
+test-slurm: $(STAMP)
+	scripts/slurm_cluster.sh start
+	$(PY) -m pytest -m slurm
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -m gpu

@@ -43,6 +43,8 @@ SlurmctldHost=$HOST
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job waits the credential lifetime before it starts again (default 120 s): short on a test node.
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d
 SlurmctldPidFile=$STATE/slurmctld.pid
@@ -50,6 +52,7 @@ SlurmdPidFile=$STATE/slurmd.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
 ProctrackType=proctrack/linuxproc
+MpiDefault=none
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -58,8 +61,8 @@ ReturnToService=2
 # Requeued jobs (submitit's timeout/preemption protocol) start again at once.
 JobRequeue=1
 MinJobAge=300
-KillWait=10
-# Small, so a requeued job is eligible again quickly.
+# SIGTERM to SIGKILL: short, so a preempted (requeued) test job dies mid-training.
+KillWait=2
 InactiveLimit=0
 $node State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
@@ -81,8 +84,9 @@ start_munge() {
     if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
         return  # a munged is already answering (ours or the system's)
     fi
-    runuser -u munge -- /usr/sbin/munged --pid-file="$STATE/munged.pid" 2>/dev/null \
-        || /usr/sbin/munged --force --pid-file="$STATE/munged.pid"
+    # munged runs as its own user, so its pid file goes where that user can write.
+    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/sft_sweeps_munged.pid
+    ln -sf /run/munge/sft_sweeps_munged.pid "$STATE/munged.pid"
 }
 
 wait_idle() {
@@ -127,6 +131,7 @@ stop() {
         fi
         rm -f "$STATE/$name.pid"
     done
+    rm -f /run/munge/sft_sweeps_munged.pid
 }
 
 status() {

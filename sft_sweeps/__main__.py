@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sft_sweeps.cli import USER_ERRORS, errors_reported, in_multirun
+from sft_sweeps.cluster import init_slurm_distributed
 from sft_sweeps.config import ConfigError, register_configs, validate
 from sft_sweeps.identity import job_dirname
 
@@ -29,6 +30,7 @@ def main(cfg: DictConfig) -> float | None:
         from sft_sweeps.pipeline import check_before_work, run
 
         check_before_work(settings)
+    init_slurm_distributed()  # a Slurm job of several tasks trains one DDP run (sft_sweeps.cluster)
     with errors_reported(*USER_ERRORS, enabled=not in_multirun()):
         record = run(cfg)
     return record.metric(optimized_metric(settings)) if record is not None else None
