@@ -111,7 +111,7 @@ def test_slurm_sweep_writes_the_records_of_the_same_sweep_run_locally(tmp_path: 
         RunRecord.from_dict(record, name)  # a valid record, as the report reads it
         assert _comparable(record) == _comparable(local_records[name]), name
     # submitit's logs: <sweep dir>/.submitit/<array id>_<index>/, as the README says
-    logs = sorted((on_slurm / ".submitit").glob("*_*/*_log.err"))
+    logs = sorted((on_slurm / ".submitit").glob("*_*/*_log.out"))
     assert len(logs) == 2 and all("Job completed successfully" in p.read_text() for p in logs)
 
     report = subprocess.run(
