@@ -167,7 +167,7 @@ REQUEUE_TRAIN = ["masking=full", "train.max_steps=200", "train.save_steps=10"]
         # queues it again.
         ["scontrol", "requeue"],
     ],
-    ids=["time_limit", "requeue"],
+    ids=["time_limit_signal", "scontrol_requeue"],
 )
 def test_an_interrupted_job_is_requeued_and_continues_to_the_same_result(
     interrupt: list[str], tmp_path: Path
