@@ -3,12 +3,13 @@
 #               jobs in parallel; benchmarks/bench_default_sweep.py).
 # make test:    the default test suite (what CI runs); test-slow adds the slow tests.
 # make paper:   regenerates the README's tables (reports/default_5seeds/) from the shipped runs.csv.
+# make test-slurm: starts a one-node Slurm on this machine (root) and runs the tests that submit to it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install sweep test test-slow test-gpu lint report paper clean
+.PHONY: install sweep test test-slow test-gpu test-slurm lint report paper clean
 
 install: $(STAMP)
 
@@ -28,6 +29,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow and not gpu"
+
+test-slurm: $(STAMP)
+	scripts/slurm_cluster.sh start
+	$(PY) -m pytest -m slurm
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -m gpu

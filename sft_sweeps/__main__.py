@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sft_sweeps.cli import USER_ERRORS, errors_reported, in_multirun
+from sft_sweeps.cluster import init_slurm_distributed
 from sft_sweeps.config import ConfigError, register_configs
 from sft_sweeps.identity import job_dirname
 from sft_sweeps.job import make_job
@@ -28,6 +29,7 @@ def main(cfg: DictConfig) -> float | None:
         job = make_job(cfg)  # validated once, here; everything below reads the job
     from sft_sweeps.pipeline import run
 
+    init_slurm_distributed()  # a Slurm job of several tasks trains one DDP run (sft_sweeps.cluster)
     with errors_reported(*USER_ERRORS, enabled=not in_multirun()):
         record = run(job)
     return record.metric(job.optimized_metric) if record is not None else None

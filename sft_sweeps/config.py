@@ -289,10 +289,27 @@ class TrainConfig:
     logging_steps: int = 20
     dataloader_num_workers: int = 0
     save_model: bool = True
+    # Training checkpoints every `save_steps` optimizer steps (and at the last one), under
+    # `<run_dir>/trainer/`: a run interrupted (killed, timed out, preempted, requeued) and started again
+    # with the same config and data continues from the last one (`sft_sweeps.checkpoints`). null: none.
+    save_steps: int | None = None
+    # Checkpoints kept (the newest); a checkpoint holds model, optimizer, scheduler and RNG states.
+    save_total_limit: int = 2
+    # Delete the run's checkpoints once it is `done` (they serve only to continue it).
+    keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
             _check(getattr(self, key) > 0, f"train.{key}", "must be positive", getattr(self, key))
+        _check(
+            self.save_steps is None or self.save_steps > 0,
+            "train.save_steps",
+            "must be positive or null",
+            self.save_steps,
+        )
+        _check(
+            self.save_total_limit >= 1, "train.save_total_limit", "must be at least 1", self.save_total_limit
+        )
         _check(self.learning_rate > 0, "train.learning_rate", "must be positive", self.learning_rate)
         _check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
         samplers = ("random", "group_by_length", "sequential")

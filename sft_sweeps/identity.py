@@ -35,6 +35,7 @@ from sft_sweeps.config import (
     JudgeConfig,
     MaskingConfig,
     MultiIFConfig,
+    TrainConfig,
 )
 from sft_sweeps.metrics import canonical_key
 from sft_sweeps.naming import DEFAULT_SWEEP, default_sweep_name, file_slug  # noqa: F401 (the identity API)
@@ -42,6 +43,8 @@ from sft_sweeps.naming import DEFAULT_SWEEP, default_sweep_name, file_slug  # no
 # Keys that change how a run is observed, not what it computes: left out of the config hash.
 # Threads change the order of float sums only, not what is computed: a sweep resumes on another machine.
 UNHASHED_KEYS = ("logger", "resume", "cache_dir", "inspect", "optimized_metric", "num_threads")
+# Nested keys of the same kind: how many checkpoints are kept, and whether a done run keeps them.
+UNHASHED_PATHS = {"train": ("save_total_limit", "keep_checkpoints")}
 # Left out of a setting too: the seed varies within a setting, the sweep name only names it.
 UNGROUPED_KEYS = ("seed", "sweep_name", *UNHASHED_KEYS)
 # The report compares strategies within a setting, so masking does not define one either.
@@ -73,6 +76,8 @@ def _added_keys() -> dict[str, tuple[Any, str | None]]:
         "eval.multi_if.scoring": (MultiIFConfig.scoring, "multi_if"),
         "eval.judge.parse": (JudgeConfig.parse, "judge"),
         "eval.judge.preflight": (JudgeConfig.preflight, None),  # a check before work: never changes results
+        # With checkpoints on, the length-grouped batches are drawn from (seed, epoch): another order.
+        "train.save_steps": (TrainConfig.save_steps, None),
     }
     for f in dataclasses.fields(MaskingConfig):
         if f.metadata.get("hashed_at_default") is False:
@@ -84,6 +89,9 @@ def comparable_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The resolved config as hashes and the report's settings see it: without the keys added later that sit
     at their default (`_added_keys`), so records from before a key existed compare equal to those after."""
     out = json.loads(json.dumps(as_dict(cfg), default=str))  # a deep copy
+    for section, keys in UNHASHED_PATHS.items():
+        for key in keys:
+            (out.get(section) or {}).pop(key, None)
     listed = set((out.get("eval") or {}).get("benchmarks") or [])
     for path, (default, benchmark) in _added_keys().items():
         if benchmark in listed:
@@ -272,6 +280,8 @@ class RunRecord:
         owner: `host` and `pid` of the process writing a `running` record (to tell a dead run).
         optimized_metric: the metric returned to Hydra, resolved; the report selects on its validation
             score (`validation/<optimized_metric>`).
+        resumed_from_step: the optimizer step of the checkpoint an interrupted run continued from
+            (`sft_sweeps.checkpoints`); None when it trained from step 0.
         source: the file it was read from (set on reading, never written).
     """
 
@@ -298,6 +308,8 @@ class RunRecord:
     lm_eval: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
     model_path: str | None = None
+    # The optimizer step of the checkpoint the run continued from (None: trained from step 0).
+    resumed_from_step: int | None = None
     wall_time_s: float | None = None
     source: str | None = None
 

@@ -225,6 +225,8 @@ def _train_and_score(job: Job, splits: Splits, run_dir: str, tracker: Tracker, r
     record.metrics, record.by_depth = metrics, scores.by_depth
     record.eval_items, record.benchmarks = scores.eval_items, scores.benchmarks
     record.data = {"fingerprint": splits.fingerprint, "stats": splits.stats, "masking": masking_stats}
+    record.resumed_from_step = trained.continuation.resumed_from_step
+    trained.continuation.finish()  # the run is done: its checkpoints go (unless train.keep_checkpoints)
 
 
 def _is_main_process() -> bool:

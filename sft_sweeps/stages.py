@@ -3,7 +3,7 @@
     splits = load_splits(settings.dataset)             # sft_sweeps.data: validated, disjoint splits
     prepared = prepare(settings, splits)              # tokenizer, training data tokenized and weighted
     model = init_model(prepared)                      # the same init for every strategy
-    trained = train(prepared, model, output_dir)      # TRL's SFTTrainer, narrowly subclassed (make_trainer)
+    trained = train(prepared, model, output_dir)      # TRL's SFTTrainer (make_trainer), from a checkpoint
     model_path = save_model(trained, prepared.tokenizer, run_dir)
     scores = score(trained.model, prepared.tokenizer, splits, settings, optimized_metric)
 
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
+from sft_sweeps.checkpoints import Continuation
 from sft_sweeps.config import Config, ConfigError, TrainConfig
 from sft_sweeps.data import Splits
 from sft_sweeps.evaluation.base import EvalContext
@@ -54,11 +55,13 @@ class Prepared:
 
 @dataclass
 class Trained:
-    """A trained model, the trainer that trained it and its `TrainOutput`."""
+    """A trained model, the trainer that trained it, its `TrainOutput`, and the checkpoint it continued
+    from (`continuation.resumed_from_step`; `continuation.finish()` removes the checkpoints of a done run)."""
 
     model: PreTrainedModel
     trainer: Any
     output: Any
+    continuation: Continuation
 
 
 @dataclass
@@ -159,7 +162,8 @@ def save_model(trained: Trained, tokenizer: PreTrainedTokenizerBase, run_dir: st
 def training_metrics(trained: Trained) -> dict[str, float]:
     """What the run's training itself says: final loss, runtime, steps, parameters."""
     return {
-        "train_loss": float(trained.output.training_loss),
+        # A continued run's mean over all its steps, the interrupted attempts' included.
+        "train_loss": trained.continuation.train_loss(trained.output),
         "train_runtime_s": float(trained.output.metrics["train_runtime"]),
         "train_steps": float(trained.output.global_step),
         "num_parameters": float(count_parameters(trained.model)),

@@ -23,15 +23,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from sft_sweeps.checkpoints import write_marker
 from sft_sweeps.config import LossNormalizer, TrainConfig
 
 
@@ -112,6 +116,29 @@ def step_normalizer(batch: dict[str, torch.Tensor], normalizer: LossNormalizer) 
     return starts.sum().float()
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length-grouped sampler, its permutation drawn from `seed + epoch`, not the global RNG.
+
+    transformers' own draws each epoch's permutation from the global torch RNG when the epoch's iterator is
+    made; a run continued mid-epoch from a checkpoint makes that iterator before transformers restores the
+    RNG, so it would see another epoch's batches. Seeded by epoch (as accelerate's random sampler is), the
+    continued run sees the batches an uninterrupted run sees (tests/test_checkpoints.py).
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer (through accelerate's dataloader) at the start of every epoch."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class WeightedSFTTrainer(SFTTrainer):
     """`SFTTrainer` whose loss is sum(weight x NLL) / normalizer; see the module docstring."""
 
@@ -123,6 +150,27 @@ class WeightedSFTTrainer(SFTTrainer):
         # Our loss is always divided by the normalizer of the whole step, so transformers must not divide
         # by the accumulation steps again.
         self.loss_is_scaled_for_ga = True
+        # Set by `sft_sweeps.checkpoints.Continuation.prepare`: what the checkpoints saved belong to.
+        self.checkpoint_identity: str | None = None
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # transformers' checkpoint, then our marker (written last: a checkpoint without it is incomplete)
+        # with the loss summed so far, which transformers does not save.
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save and self.checkpoint_identity is not None:
+            step = self.state.global_step
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+            loss_sum = self._total_loss_scalar + float(self._tr_loss.item())
+            write_marker(folder, self.checkpoint_identity, loss_sum, step)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(train_dataset)
+        # With checkpoints, the same batches drawn from (seed, epoch), so a continued run sees what an
+        # uninterrupted one does; without, transformers' own order (the default sweep's numbers unchanged).
+        if isinstance(sampler, LengthGroupedSampler) and self.args.save_strategy != "no":
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         if not batch_samples:
@@ -215,7 +263,11 @@ def make_sft_config(cfg: TrainConfig, seed: int, output_dir: str) -> SFTConfig:
         # the same seed gives every strategy the same data order
         train_sampling_strategy=cfg.train_sampling_strategy,
         logging_steps=cfg.logging_steps,
-        save_strategy="no",
+        # Checkpoints to continue an interrupted run from (sft_sweeps.checkpoints); transformers also saves
+        # one at the last step.
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
         eval_strategy="no",
         report_to="none",  # our own tracking callback logs, for every logger backend alike
         disable_tqdm=True,  # ProgressCallback prints instead

@@ -66,6 +66,7 @@ def SKIP(reason: str) -> Check:  # noqa: N802
 
 DRY = Check("DRY")
 GPU_HUB = "needs a GPU and the hub (model and dataset downloads)"
+SLURM = "submits to a Slurm cluster"
 
 # Every README command and how it is checked, in README order.
 PLAN: dict[str, Check] = {
@@ -107,7 +108,25 @@ PLAN: dict[str, Check] = {
     "python -m sft_sweeps -m experiment=prompt_weight": RUN(*QUIET),
     "python -m sft_sweeps -m experiment=model_scale": RUN(*QUIET),
     "python -m sft_sweeps -m experiment=parallel_local": RUN(*QUIET),
-    "python -m sft_sweeps -m experiment=slurm hydra.launcher.partition=gpu": SKIP("needs a Slurm cluster"),
+    "python -m sft_sweeps -m experiment=slurm hydra.launcher.partition=gpu": SKIP(
+        SLURM + " with GPUs; the CPU commands of 'Running on Slurm' run in tests/test_slurm.py"
+    ),
+    "python -m sft_sweeps -m experiment=slurm hydra.launcher.partition=gpu model=smollm2_135m train=gpu dataset=smoltalk": SKIP(
+        SLURM + " with GPUs and the hub; its CPU form runs in tests/test_slurm.py"
+    ),
+    "python -m sft_sweeps -m experiment=slurm hydra.launcher.partition=gpu hydra.launcher.tasks_per_node=4 hydra.launcher.gpus_per_node=4 masking=all seed=0 model=qwen2_5_0_5b dataset=ultrachat_200k train=gpu": SKIP(
+        SLURM + " with 4 GPUs and the hub; the 2-task CPU form runs in tests/test_slurm.py"
+    ),
+    "scripts/slurm_cluster.sh start": SKIP(
+        "installs Debian packages as root and starts daemons: `make test-slurm` runs it, then the commands below"
+    ),
+    "python -m sft_sweeps -m experiment=slurm hydra.launcher.partition=debug hydra.launcher.gpus_per_node=null hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=2 hydra.launcher.timeout_min=10 masking=full,last": SKIP(
+        SLURM + ": tests/test_slurm.py runs it as printed in smoke mode (`make test-slurm`)"
+    ),
+    "python -m sft_sweeps -m experiment=slurm hydra.launcher.partition=debug hydra.launcher.gpus_per_node=null hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=2 hydra.launcher.timeout_min=10 hydra.launcher.tasks_per_node=2 masking=full": SKIP(
+        SLURM + ": tests/test_slurm.py runs it as printed in smoke mode (`make test-slurm`)"
+    ),
+    "scripts/slurm_cluster.sh stop": SKIP("stops the cluster `scripts/slurm_cluster.sh start` started"),
     "python -m sft_sweeps -m experiment=optuna_prompt_weight hydra.sweeper.n_trials=4": RUN(*QUIET),
     "python -m sft_sweeps -m experiment=lr_tuning": RUN(*QUIET),
     "python -m sft_sweeps.report multirun/masking_seeds --out reports/masking_seeds": RUN(),
@@ -144,6 +163,7 @@ PLAN: dict[str, Check] = {
         "needs a hosted API key and the network"
     ),
     "make test-slow": SKIP("this suite's slow half: what runs this test"),
+    "make test-slurm": SKIP("starts a Slurm cluster as root and runs tests/test_slurm.py (CI runs it)"),
 }
 
 
