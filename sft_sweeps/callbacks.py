@@ -17,6 +17,60 @@ from sft_sweeps.cli import exit_with_error, full_error
 log = logging.getLogger(__name__)
 
 
+# What this process learned about the jobs of the current multirun: run dir -> None (done) or why not. Filled
+# by `SweepExitStatus.on_job_end` where a job runs (this process with `launcher=sequential`; the job's own
+# process with the default launcher, which sends it back, and adds the jobs whose process died).
+_JOB_OUTCOMES: dict[str, str | None] = {}
+
+
+def note_job_outcome(run_dir: str, problem: str | None) -> None:
+    """Note how a job of this multirun ended: `problem` None when its run is `done`."""
+    _JOB_OUTCOMES[run_dir] = problem
+
+
+def job_outcomes() -> dict[str, str | None]:
+    """The jobs noted so far (`note_job_outcome`), run dir -> None or why the run is not done."""
+    return dict(_JOB_OUTCOMES)
+
+
+class SweepExitStatus(Callback):
+    """A multirun whose jobs did not all finish exits non-zero, after its table, in one `error:` line.
+
+    Listed first in `hydra.callbacks`, so its `on_multirun_end` runs last (Hydra calls them in reverse):
+    the table and any report are written before it exits.
+    """
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        from sft_sweeps.record import read_record
+
+        run_dir = str(OmegaConf.select(config, "hydra.runtime.output_dir"))
+        if job_return.status == JobStatus.FAILED:
+            error = job_return._return_value
+            note_job_outcome(run_dir, f"raised {type(error).__name__}: {error}")
+            return
+        try:
+            record = read_record(run_dir) or {}
+        except OSError as e:
+            record = {"status": f"unreadable record ({e})"}
+        status = record.get("status", "no result.json")
+        errors = [line.strip() for line in str(record.get("error") or "").splitlines() if line.strip()]
+        note_job_outcome(run_dir, None if status == "done" else ": ".join([status, *errors[-1:]]))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        outcomes = job_outcomes()
+        problems = {run_dir: why for run_dir, why in outcomes.items() if why is not None}
+        if not problems:
+            return
+        run_dir, why = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        exit_with_error(
+            f"{len(problems)} of {len(outcomes)} jobs of this sweep did not finish: {run_dir}: {why}{more}; "
+            "the table above lists them, and rerunning the same command reruns them (done runs are skipped)"
+        )
+
+
 class SweepSummary(Callback):
     """At the end of a multirun, print a table comparing the runs of that sweep (failed ones included)."""
 
