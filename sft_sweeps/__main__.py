@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sft_sweeps.cli import USER_ERRORS, errors_reported, in_multirun
 from sft_sweeps.config import ConfigError, register_configs, validate
+from sft_sweeps.files import check_writable_dir
 from sft_sweeps.identity import job_dirname
 
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
@@ -29,6 +30,8 @@ def main(cfg: DictConfig) -> float | None:
         from sft_sweeps.pipeline import check_before_work, run
 
         check_before_work(settings)
+        # A read-only or full cache disk: one line now, not a failure after the data is read.
+        check_writable_dir(settings.cache_dir, "cache_dir", "set cache_dir=<dir> or $SFT_SWEEPS_CACHE")
     with errors_reported(*USER_ERRORS, enabled=not in_multirun()):
         record = run(cfg)
     return record.metric(optimized_metric(settings)) if record is not None else None

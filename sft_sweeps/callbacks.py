@@ -3,8 +3,10 @@ what a sweep prints (and, with `WriteReport`, writes) when its jobs have run."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,18 @@ class SweepExitStatus(Callback):
         run_dir = str(OmegaConf.select(config, "hydra.runtime.output_dir"))
         if job_return.status == JobStatus.FAILED:
             error = job_return._return_value
-            note_job_outcome(run_dir, f"raised {type(error).__name__}: {error}")
+            problem = f"raised {type(error).__name__}: {error}"
+            first = error
+            # What failed first (a record write on a full disk fails after it), up to an error that
+            # re-raised it with more to say (`raise ... from e`).
+            while first.__context__ is not None and first.__cause__ is None:
+                first = first.__context__
+            if first is not error:
+                problem = f"raised {type(first).__name__}: {first}; then {problem}"
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                free = shutil.disk_usage(run_dir).free if os.path.isdir(run_dir) else "?"
+                problem += f" ({free} bytes free under {run_dir}; free space there or move hydra.sweep.dir)"
+            note_job_outcome(run_dir, problem)
             return
         try:
             record = read_record(run_dir) or {}

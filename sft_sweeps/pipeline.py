@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -216,8 +217,12 @@ def _train_and_evaluate(settings: Config, splits: Splits, run_dir: str, tracker:
     model_path = None
     if settings.train.save_model:
         model_path = str(Path(run_dir) / "model")
-        trainer.save_model(model_path)
-        tokenizer.save_pretrained(model_path)
+        try:
+            trainer.save_model(model_path)
+            tokenizer.save_pretrained(model_path)
+        except OSError as e:  # a full disk: name the path, and free what the unusable partial model took,
+            shutil.rmtree(model_path, ignore_errors=True)  # so the failed record still fits
+            raise OSError(e.errno, f"cannot save the model to {model_path}: {e.strerror or e}") from e
 
     model.eval()
     context = EvalContext(

@@ -20,5 +20,3 @@ class ProcessPerJobLauncherConf:
 ConfigStore.instance().store(
     group="hydra/launcher", name="sft_sweeps_parallel", node=ProcessPerJobLauncherConf, provider="sft_sweeps"
 )
-
-

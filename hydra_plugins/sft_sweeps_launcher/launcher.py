@@ -220,6 +220,9 @@ class ProcessPerJobLauncher(Launcher):
             ret, outcomes = job.result
             for run_dir, problem in outcomes.items():
                 note_job_outcome(run_dir, problem)
+                if problem is not None and problem.startswith(("running", "raised")):
+                    # The job ended but left its record `running`: it could not write it (a full disk).
+                    _mark_record(sweep_dir, job.process.pid, "failed", problem)
             if ret.status == JobStatus.FAILED:
                 # Hydra's sweepers raise a failed job's exception, which would end the sweep without its
                 # table: the job was noted failed where it ran (SweepExitStatus.on_job_end; the sweep
@@ -247,6 +250,17 @@ def _mark_dead_job(sweep_dir: Path, pid: int, exitcode: int | None, cause: str) 
     Returns:
         The job's run dir, or None when it wrote no record (it died before starting its run).
     """
+    status = "interrupted" if signal_of(exitcode) in STOP_SIGNALS else "failed"
+    return _mark_record(sweep_dir, pid, status, f"{cause}; resume reruns it")
+
+
+def _mark_record(sweep_dir: Path, pid: int, status: str, error: str) -> str | None:
+    """Set `status` and `error` on the record of process `pid` in the sweep, if it still says `running`
+    (or `interrupted` without a cause): what the job could not write itself (killed, or a full disk).
+
+    Returns:
+        The job's run dir, or None when no record there belongs to `pid`.
+    """
     import socket
 
     from sft_sweeps.record import RECORD_NAME, RunLock, RunLockedError, load_run_record, write_record
@@ -260,15 +274,37 @@ def _mark_dead_job(sweep_dir: Path, pid: int, exitcode: int | None, cause: str) 
         if record is None or owner.get("pid") != pid or owner.get("host") != socket.gethostname():
             continue
         if record.status == "running" or (record.status == "interrupted" and not record.error):
-            record.status = "interrupted" if signal_of(exitcode) in STOP_SIGNALS else "failed"
-            record.error = f"{cause}; resume reruns it"
+            record.status, record.error = status, error
             try:
                 with RunLock(path.parent):
-                    write_record(path.parent, record)
+                    try:
+                        write_record(path.parent, record)
+                    except OSError:  # a full disk: the same file, rewritten in the blocks it has
+                        _overwrite_in_place(path, record.to_dict())
             except (RunLockedError, OSError) as e:
-                log.warning("could not mark %s: %s", path, e)
+                log.warning("could not mark %s %s: %s", path, status, e)
         return str(path.parent)
     return None
+
+
+def _overwrite_in_place(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` over the file at `path` without allocating: compact JSON padded with spaces to the
+    file's size (JSON allows trailing blanks). For a full disk only, where the atomic write cannot get a
+    temporary file; a job's `running` record, indented, is larger than its compact `failed` record.
+
+    Raises:
+        OSError: the compact record is larger than the file.
+    """
+    import json
+
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    size = path.stat().st_size
+    if len(text) > size:
+        raise OSError(f"no space for the record ({len(text)} bytes, {size} in place)")
+    with open(path, "r+b") as f:
+        f.write(text + b" " * (size - len(text)))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _stop(jobs: list[_Job]) -> None:

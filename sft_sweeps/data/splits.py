@@ -269,10 +269,6 @@ def load_splits(cfg: DatasetConfig) -> Splits:
                 f"dataset {cfg.name}: the {split} split is empty after loading {origin} ("
                 + ", ".join(f"{k} {v}" for k, v in _counts(stats, split, streams, carved).items())
                 + "); "
-                + (
-                    f"add data or raise dataset.{split}_fraction"
-                    if split in carved
-                    else "check dataset.path"
-                )
+                + (f"add data or raise dataset.{split}_fraction" if split in carved else "check dataset.path")
             )
     return Splits(result["train"], result["validation"], result["test"], stats, fingerprint(*result.values()))
