@@ -186,6 +186,9 @@ class CheckOutputDir(Callback):
         _check_writable(config, "hydra.sweep.dir")
 
 
+PROBE_BYTES = 64 * 1024  # what an output dir must take before a run starts: Hydra's configs and logs
+
+
 def _check_writable(config: DictConfig, key: str) -> None:
     """Exit with an error naming `key` and its dir when a file cannot be created where the dir will be."""
     if full_error():  # the user wants Hydra's own traceback
@@ -202,5 +205,16 @@ def _check_writable(config: DictConfig, key: str) -> None:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".sft_sweeps_write_check.")
     except OSError as e:
         exit_with_error(f"{key}: cannot write to '{directory}' ({e.strerror} in '{existing}')")
-    os.close(fd)
-    os.unlink(probe)
+    try:
+        # An empty file fits on a full disk; Hydra's config files (tens of KiB) do not.
+        os.write(fd, b"\0" * PROBE_BYTES)
+        os.fsync(fd)
+    except OSError as e:
+        free = shutil.disk_usage(existing).free
+        exit_with_error(
+            f"{key}: cannot write to '{directory}' ({e.strerror} in '{existing}', {free} bytes free); "
+            "free space there or point it elsewhere"
+        )
+    finally:
+        os.close(fd)
+        os.unlink(probe)

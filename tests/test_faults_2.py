@@ -167,6 +167,13 @@ def test_a_fifo_is_refused_without_reading_it(tmp_path: Path) -> None:
     ]
 
 
+def test_a_json_file_holding_an_object_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "chats.json"
+    path.write_text(json.dumps({"data": [json.loads(MESSAGES.read_text().splitlines()[0])]}))
+    with pytest.raises(ConfigError, match=rf"^dataset\.path: '{path}' holds a JSON object, not an array"):
+        load_splits(dataset(path))
+
+
 def test_a_one_record_file_names_the_empty_split_and_the_path(tmp_path: Path) -> None:
     path = tmp_path / "one.jsonl"
     path.write_text(MESSAGES.read_text().splitlines()[0] + "\n")
@@ -332,19 +339,69 @@ def test_one_jobs_death_leaves_the_others_to_finish(tmp_path: Path) -> None:
     assert "Traceback" not in output.split("1/4 runs done")[-1]
 
 
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs with 72 KiB left: room for a job's configs and records, not for its model."""
+@pytest.mark.slow
+def test_stopping_the_sweep_stops_its_jobs_and_records_them_interrupted(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path, "all,last", "hydra.launcher.n_jobs=2", "train.max_steps=300")
+    try:
+        deadline = time.monotonic() + 600
+        while not (
+            len(records := _records(tmp_path / "sweep")) == 2
+            and all(r["status"] == "running" for r in records.values())
+        ):
+            assert sweep.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the jobs never all started"
+            time.sleep(0.2)
+        sweep.send_signal(signal.SIGTERM)
+        assert sweep.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    output = (tmp_path / "sweep.log").read_text()
+    assert "error: the sweep was stopped by SIGTERM" in output and "Traceback" not in output, output[-3000:]
+    for record in _records(tmp_path / "sweep").values():
+        assert record["status"] == "interrupted"
+        assert record["error"] == "the sweep was stopped by SIGTERM; resume reruns it"
+    for pid in (r["owner"]["pid"] for r in records.values()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # no job left running behind the sweep
+
+
+def _small_disk(tmp_path: Path, free_kib: int) -> Iterator[Path]:
+    """A 1 MiB tmpfs with `free_kib` KiB left (skipped, saying why, where mount is not allowed)."""
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
     try:
-        (mount / "filler").write_bytes(b"\0" * (1024 * 1024 - 72 * 1024))
+        with open(mount / "filler", "wb") as f:
+            try:
+                f.write(b"\0" * (1024 * 1024 - free_kib * 1024))
+                f.flush()
+            except OSError:  # ENOSPC: full to the last block, as asked for free_kib=0
+                pass
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """72 KiB left: room for a job's configs and records, not for its model."""
+    yield from _small_disk(tmp_path, 72)
+
+
+@pytest.fixture
+def no_space(tmp_path: Path) -> Iterator[Path]:
+    """Not a block left."""
+    yield from _small_disk(tmp_path, 0)
+
+
+def test_a_sweep_dir_on_a_full_disk_is_one_line_before_any_job(no_space: Path) -> None:
+    out = cli("sft_sweeps", "-m", "logger=none", f"hydra.sweep.dir={no_space / 'sweep'}")
+    assert_clean_error(
+        out, "error: hydra.sweep.dir: cannot write to", "No space left on device", "0 bytes free"
+    )
 
 
 @pytest.mark.slow

@@ -115,7 +115,7 @@ def _run_job(payload: bytes, conn: Connection) -> None:
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise JobTerminated(f"stopped by {signal.Signals(signum).name}")
+    raise JobTerminated(f"stopped by {signal.Signals(signum).name}")  # message: "the sweep was <it>"
 
 
 @dataclass
@@ -176,8 +176,19 @@ class ProcessPerJobLauncher(Launcher):
             )
             for idx, overrides in enumerate(job_overrides)
         ]
-        with _environ(thread_env(n_jobs)), _stop_on_sigterm():
-            finished = self._run_all(todo, n_jobs, sweep_dir)
+        try:
+            with _environ(thread_env(n_jobs)), _stop_on_sigterm():
+                finished = self._run_all(todo, n_jobs, sweep_dir)
+        except (JobTerminated, KeyboardInterrupt) as e:
+            # The user stopped the sweep: its jobs were stopped too and recorded `interrupted`. A line, not
+            # a traceback; the shell's status for a signal (143 for SIGTERM, 130 for Ctrl-C).
+            number = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
+            print(
+                f"error: the sweep was stopped by {number.name}; its running jobs were stopped and recorded "
+                "`interrupted`: rerunning the same command resumes it",
+                file=sys.stderr,
+            )
+            raise SystemExit(128 + number) from None
         return [finished[initial_job_idx + idx] for idx in range(len(job_overrides))]
 
     def _run_all(
@@ -207,8 +218,13 @@ class ProcessPerJobLauncher(Launcher):
                         job.conn.close()
                         running.remove(job)
                         finished[job.idx] = self._finish(job, sweep_dir)
-        except BaseException:
+        except BaseException as e:
             _stop(running)
+            for job in running:  # what stopped them, in their records (`interrupted`: resume reruns them)
+                why = str(e) if isinstance(e, JobTerminated) else type(e).__name__
+                _mark_record(
+                    sweep_dir, job.process.pid, "interrupted", f"the sweep was {why}; resume reruns it"
+                )
             raise
         return finished
 

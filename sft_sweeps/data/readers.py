@@ -193,6 +193,8 @@ def read_json_array(path: str, stream: Any | None = None) -> Iterator[Item]:
     complete element, then one `truncated` error for the element that was cut.
     """
     index = 0
+    if stream is None:
+        _check_array(path)
     f = stream if stream is not None else _readable(path, open_data(path))
     try:
         for raw in ijson.items(f, "item", use_float=True):
@@ -213,6 +215,22 @@ def read_json_array(path: str, stream: Any | None = None) -> Iterator[Item]:
     finally:
         if stream is None:
             f.close()
+
+
+def _check_array(path: str) -> None:
+    """A `.json` file must hold a top-level array of records; anything else would yield none, silently.
+
+    Raises:
+        ConfigError: the file starts with something other than `[`, naming it and what to do.
+    """
+    with _readable(path, open_data(path)) as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head and not head.startswith(b"["):
+        kind = "a JSON object" if head.startswith(b"{") else "no JSON array"
+        raise ConfigError(
+            f"dataset.path: '{path}' holds {kind}, not an array of records; a .json file is read as "
+            "[record, ...] (one record per line: name it .jsonl)"
+        )
 
 
 def read_parquet(path: str, batch_size: int = 1024) -> Iterator[Item]:
