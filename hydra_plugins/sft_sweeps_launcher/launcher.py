@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import joblib
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -150,6 +151,9 @@ class ProcessPerJobLauncher(Launcher):
         with errors_reported(ConfigError):
             n_jobs = effective_n_jobs(self.n_jobs)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        cores = joblib.cpu_count()
+        if n_jobs > cores:  # each job holds a model and its data: more at once than cores costs memory
+            log.warning(f"hydra.launcher.n_jobs={self.n_jobs}: {n_jobs} jobs at once on {cores} cores")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(
