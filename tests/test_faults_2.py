@@ -29,7 +29,7 @@ from sft_sweeps.config import ConfigError, DatasetConfig
 from sft_sweeps.data import load_splits
 from sft_sweeps.estimate import load_calibration
 from sft_sweeps.masking import build_dataset
-from sft_sweeps.record import RECORD_NAME
+from sft_sweeps.record import RECORD_NAME, load_run_record
 from sft_sweeps.tokenizer import build_embedded_tokenizer
 from tests.conftest import CONF_DIR
 from tests.test_faults import MASKING, assert_clean_error, cli, conversations
@@ -251,6 +251,14 @@ def test_calibrate_checks_where_it_writes_before_measuring(tmp_path: Path) -> No
     (tmp_path / "file").write_text("x")
     out = cli("sft_sweeps.calibrate", "--out", str(tmp_path / "file" / "calibration.json"), "debug=smoke")
     assert_clean_error(out, f"error: --out: cannot write to '{tmp_path / 'file'}' (it is not a directory)")
+
+
+def test_a_directory_where_the_record_goes_is_named(tmp_path: Path) -> None:
+    (tmp_path / RECORD_NAME).mkdir()
+    with pytest.raises(
+        ConfigError, match=rf"^{tmp_path / RECORD_NAME}: cannot read the run's record \(Is a dir"
+    ):
+        load_run_record(tmp_path)
 
 
 # --- the launcher ----------------------------------------------------------------------------------------

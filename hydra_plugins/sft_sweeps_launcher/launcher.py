@@ -288,7 +288,7 @@ def _mark_record(sweep_dir: Path, pid: int, status: str, error: str) -> str | No
     for path in sorted(sweep_dir.glob(f"**/{RECORD_NAME}")):
         try:
             record = load_run_record(path.parent)
-        except OSError:
+        except Exception:  # noqa: BLE001 - a record nobody can read is not this job's to mark
             continue
         owner = (record.owner or {}) if record is not None else {}
         if record is None or owner.get("pid") != pid or owner.get("host") != socket.gethostname():
