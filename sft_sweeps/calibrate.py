@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 
 from sft_sweeps.cli import errors_reported
 from sft_sweeps.config import Config, ConfigError
+from sft_sweeps.files import check_writable_dir
 from sft_sweeps.job import Job, make_job
 
 # Where sweeps look for the calibration (the folder a sweep is started from), unless the variable says.
@@ -167,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     if args.warmup < 1 or args.steps <= args.warmup:
         parser.error("need --warmup >= 1 and --steps > --warmup")
+    out = Path(args.out) if args.out else calibration_path()
     with errors_reported(ConfigError, FileNotFoundError):
+        # Where the measurement goes is checked before the minutes it takes.
+        key = "--out" if args.out else f"${CALIBRATION_ENV}"
+        check_writable_dir(out.parent, key, f"set --out or ${CALIBRATION_ENV} to a writable path")
+        if out.is_dir():
+            raise ConfigError(f"{key}: '{out}' is a directory; name a file, e.g. {out / DEFAULT_PATH}")
         job = make_job(compose(overrides), evaluation=args.eval)
         record = calibrate(job, args.steps, args.warmup, args.eval)
     record["overrides"] = overrides
-    out = Path(args.out) if args.out else calibration_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     extra = f", evaluation {record['eval_wall_s']:.0f} s" if "eval_wall_s" in record else ""
     print(

@@ -3,8 +3,10 @@ what a sweep prints (and, with `WriteReport`, writes) when its jobs have run."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,71 @@ from omegaconf import DictConfig, OmegaConf
 from sft_sweeps.cli import exit_with_error, full_error
 
 log = logging.getLogger(__name__)
+
+
+# What this process learned about the jobs of the current multirun: run dir -> None (done) or why not. Filled
+# by `SweepExitStatus.on_job_end` where a job runs (this process with `launcher=sequential`; the job's own
+# process with the default launcher, which sends it back, and adds the jobs whose process died).
+_JOB_OUTCOMES: dict[str, str | None] = {}
+
+
+def note_job_outcome(run_dir: str, problem: str | None) -> None:
+    """Note how a job of this multirun ended: `problem` None when its run is `done`."""
+    _JOB_OUTCOMES[run_dir] = problem
+
+
+def job_outcomes() -> dict[str, str | None]:
+    """The jobs noted so far (`note_job_outcome`), run dir -> None or why the run is not done."""
+    return dict(_JOB_OUTCOMES)
+
+
+class SweepExitStatus(Callback):
+    """A multirun whose jobs did not all finish exits non-zero, after its table, in one `error:` line.
+
+    Listed first in `hydra.callbacks`, so its `on_multirun_end` runs last (Hydra calls them in reverse):
+    the table and any report are written before it exits.
+    """
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        from sft_sweeps.record import read_record
+
+        run_dir = str(OmegaConf.select(config, "hydra.runtime.output_dir"))
+        if job_return.status == JobStatus.FAILED:
+            error = job_return._return_value
+            problem = f"raised {type(error).__name__}: {error}"
+            first = error
+            # What failed first (a record write on a full disk fails after it), up to an error that
+            # re-raised it with more to say (`raise ... from e`).
+            while first.__context__ is not None and first.__cause__ is None:
+                first = first.__context__
+            if first is not error:
+                problem = f"raised {type(first).__name__}: {first}; then {problem}"
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                free = shutil.disk_usage(run_dir).free if os.path.isdir(run_dir) else "?"
+                problem += f" ({free} bytes free under {run_dir}; free space there or move hydra.sweep.dir)"
+            note_job_outcome(run_dir, problem)
+            return
+        try:
+            record = read_record(run_dir) or {}
+        except OSError as e:
+            record = {"status": f"unreadable record ({e})"}
+        status = record.get("status", "no result.json")
+        errors = [line.strip() for line in str(record.get("error") or "").splitlines() if line.strip()]
+        note_job_outcome(run_dir, None if status == "done" else ": ".join([status, *errors[-1:]]))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        outcomes = job_outcomes()
+        problems = {run_dir: why for run_dir, why in outcomes.items() if why is not None}
+        if not problems:
+            return
+        run_dir, why = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        exit_with_error(
+            f"{len(problems)} of {len(outcomes)} jobs of this sweep did not finish: {run_dir}: {why}{more}; "
+            "the table above lists them, and rerunning the same command reruns them (done runs are skipped)"
+        )
 
 
 class SweepSummary(Callback):
@@ -119,6 +186,9 @@ class CheckOutputDir(Callback):
         _check_writable(config, "hydra.sweep.dir")
 
 
+PROBE_BYTES = 64 * 1024  # what an output dir must take before a run starts: Hydra's configs and logs
+
+
 def _check_writable(config: DictConfig, key: str) -> None:
     """Exit with an error naming `key` and its dir when a file cannot be created where the dir will be."""
     if full_error():  # the user wants Hydra's own traceback
@@ -135,5 +205,16 @@ def _check_writable(config: DictConfig, key: str) -> None:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".sft_sweeps_write_check.")
     except OSError as e:
         exit_with_error(f"{key}: cannot write to '{directory}' ({e.strerror} in '{existing}')")
-    os.close(fd)
-    os.unlink(probe)
+    try:
+        # An empty file fits on a full disk; Hydra's config files (tens of KiB) do not.
+        os.write(fd, b"\0" * PROBE_BYTES)
+        os.fsync(fd)
+    except OSError as e:
+        free = shutil.disk_usage(existing).free
+        exit_with_error(
+            f"{key}: cannot write to '{directory}' ({e.strerror} in '{existing}', {free} bytes free); "
+            "free space there or point it elsewhere"
+        )
+    finally:
+        os.close(fd)
+        os.unlink(probe)

@@ -562,8 +562,8 @@ class Config:
     inspect: InspectConfig = field(default_factory=InspectConfig)
     # Training seed (init, data order, dropout). Seed 0 is a seed.
     seed: int = 0
-    # torch threads per job; null: torch's default, which under the joblib launcher is the usable cores
-    # divided by the jobs running at once (joblib sets OMP_NUM_THREADS in its workers).
+    # torch threads per job; null: torch's default, which under the default launcher is the usable cores
+    # divided by the jobs running at once (it sets OMP_NUM_THREADS in each job's process, as joblib does).
     num_threads: int | None = None
     # The metric returned to Hydra (what a sweeper such as Optuna optimises); a key of result.json's
     # `metrics` (sft_sweeps.metrics). null: the headline metric of the first of eval.benchmarks.

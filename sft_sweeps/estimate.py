@@ -58,11 +58,32 @@ class JobEstimate:
     notes: list[str] = field(default_factory=list)
 
 
+# What an estimate reads from a calibration record (`python -m sft_sweeps.calibrate` writes them all).
+CALIBRATION_FIELDS = {"tokens_per_s": float, "mean_tokens_per_sample": float, "train_signature": dict}
+
+
 def load_calibration(path: Path) -> dict[str, Any] | None:
-    """The calibration record at `path`, or None when there is none."""
-    if not path.is_file():
+    """The calibration record at `path`, or None when there is none.
+
+    Raises:
+        ValueError: the file is not a calibration record (not JSON, a field missing or of the wrong type);
+            the message names the file and how to remake it.
+    """
+    if not path.exists():
         return None
-    return json.loads(path.read_text())
+    remake = "delete it or remake it with `python -m sft_sweeps.calibrate`"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # a directory, unreadable, not UTF-8, not JSON
+        raise ValueError(f"calibration file '{path}' is unreadable ({e}); {remake}") from e
+    if not isinstance(record, dict):
+        raise ValueError(f"calibration file '{path}' holds no calibration record; {remake}")
+    for name, kind in CALIBRATION_FIELDS.items():
+        value = record.get(name)
+        ok = isinstance(value, dict) if kind is dict else isinstance(value, int | float) and value > 0
+        if not ok or isinstance(value, bool):
+            raise ValueError(f"calibration file '{path}': {name} is missing or invalid ({value!r}); {remake}")
+    return record
 
 
 def _differences(measured: dict[str, Any], wanted: dict[str, Any]) -> list[str]:

@@ -1,5 +1,5 @@
-"""Files the project reads and writes itself: JSONL records with located errors, and temporary files for
-atomic writes.
+"""Files the project reads and writes itself: JSONL records with located errors, temporary files for
+atomic writes, and folders checked writable before any work.
 
 `read_jsonl` is the one JSONL reader: every JSONL file (data, benchmark items, judge questions and prompts,
 the built-in sets) is read through it, one record per non-blank line, and a line that is not JSON is
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +33,25 @@ class JsonlError(ValueError):
         self.path, self.line, self.cause = path, line, cause
 
 
-def read_jsonl(path: str | Path, text: str | None = None, errors: str = "raise") -> Iterator[tuple[int, Any]]:
+def read_jsonl(
+    path: str | Path, text: str | None = None, errors: str = "raise", stream: Iterable[bytes] | None = None
+) -> Iterator[tuple[int, Any]]:
     """(line number, record) for every non-blank line of a JSONL file.
 
     Args:
-        path: the file; with `text`, only the name used in errors (e.g. a package resource).
+        path: the file; with `text` or `stream`, only the name used in errors (e.g. a package resource).
         text: the file's content when it is not read from `path`.
+        stream: an open binary file to read instead of `path` (a decompressing one, say).
         errors: `raise` a `JsonlError` at the first bad line, or `yield` the `JsonlError` in place of the
             record (a data reader that skips and counts invalid records).
 
     Raises:
         JsonlError: a line is not JSON or not UTF-8 (with `errors="raise"`).
     """
-    lines = text.encode("utf-8").splitlines(keepends=True) if text is not None else _lines(path)
+    if stream is not None:
+        lines: Iterable[bytes] = stream
+    else:
+        lines = text.encode("utf-8").splitlines(keepends=True) if text is not None else _lines(path)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -80,3 +86,29 @@ def create_temp(directory: str | Path, name: str) -> tuple[int, Path]:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
         except FileExistsError:
             continue
+
+
+def check_writable_dir(directory: str | Path, key: str, fix: str) -> None:
+    """Fail before any work when files cannot be created in `directory` (made if missing).
+
+    Args:
+        directory: the folder a run will write to.
+        key: the setting that names it, for the message (`cache_dir`, `--out`).
+        fix: what the user can do, ending the message (`set cache_dir=<dir> or SFT_SWEEPS_CACHE`).
+
+    Raises:
+        sft_sweeps.config.ConfigError: `<key>: cannot write to '<dir>' (<why>); <fix>`.
+    """
+    from sft_sweeps.config import ConfigError
+
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = create_temp(path, "write_check")
+        os.close(fd)
+        probe.unlink()
+    except OSError as e:
+        why = e.strerror or str(e)
+        if isinstance(e, FileExistsError) or (path.exists() and not path.is_dir()):
+            why = "it is not a directory"
+        raise ConfigError(f"{key}: cannot write to '{path}' ({why}); {fix}") from e

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sft_sweeps.config import Config, ConfigError, validate
+from sft_sweeps.files import check_writable_dir
 from sft_sweeps.identity import as_dict
 
 
@@ -59,6 +60,8 @@ def make_job(cfg: DictConfig, evaluation: bool = True) -> Job:
     from sft_sweeps.masking.strategies import check_strategy
 
     check_strategy(settings.masking.name)
+    # A read-only or full cache disk: one line now, not a failure after the data is read.
+    check_writable_dir(settings.cache_dir, "cache_dir", "set cache_dir=<dir> or $SFT_SWEEPS_CACHE")
     if not evaluation:
         return Job(settings, as_dict(cfg), None)
     check_benchmarks(settings)

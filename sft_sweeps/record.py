@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sft_sweeps.config import ConfigError
 from sft_sweeps.files import create_temp
 from sft_sweeps.identity import RecordError, RunRecord
 
@@ -82,6 +83,8 @@ def load_run_record(run_dir: str | Path) -> RunRecord | None:
         return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
     except FileNotFoundError:
         return None
+    except OSError as e:  # a directory or an unreadable file where the record goes: the user's to move
+        raise ConfigError(f"{path}: cannot read the run's record ({e.strerror}); move it away") from e
     except (json.JSONDecodeError, UnicodeDecodeError, RecordError, TypeError) as e:
         aside = _aside_name(path)
         os.replace(path, aside)

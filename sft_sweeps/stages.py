@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,10 +153,19 @@ def train(
 
 
 def save_model(trained: Trained, tokenizer: PreTrainedTokenizerBase, run_dir: str | Path) -> str:
-    """Save the trained model and its tokenizer to `<run_dir>/model` (`save_pretrained`); returns the path."""
+    """Save the trained model and its tokenizer to `<run_dir>/model` (`save_pretrained`); returns the path.
+
+    Raises:
+        OSError: it cannot be written (a full disk): the path named, the unusable partial model removed
+            so that the failed record still fits.
+    """
     model_path = str(Path(run_dir) / "model")
-    trained.trainer.save_model(model_path)
-    tokenizer.save_pretrained(model_path)
+    try:
+        trained.trainer.save_model(model_path)
+        tokenizer.save_pretrained(model_path)
+    except OSError as e:
+        shutil.rmtree(model_path, ignore_errors=True)
+        raise OSError(e.errno, f"cannot save the model to {model_path}: {e.strerror or e}") from e
     return model_path
 
 

@@ -136,11 +136,11 @@ def test_every_experiment_composes_into_its_jobs(experiment: str) -> None:
 @pytest.mark.parametrize(
     "overrides,launcher",
     [
-        ([], "JoblibLauncher"),  # the default: jobs in parallel, sized to the cores
+        ([], "ProcessPerJobLauncher"),  # the default: jobs in parallel, sized to the cores, one process each
         (["launcher=sequential"], "BasicLauncher"),
         (["experiment=parallel_local"], "LocalLauncher"),  # a template's own launcher wins
         (["experiment=slurm"], "SlurmLauncher"),
-        (["experiment=lr_tuning"], "JoblibLauncher"),
+        (["experiment=lr_tuning"], "ProcessPerJobLauncher"),
     ],
 )
 def test_launcher_default_and_templates(overrides: list[str], launcher: str) -> None:

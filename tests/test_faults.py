@@ -764,7 +764,8 @@ def test_a_job_whose_data_cannot_be_read_is_recorded_failed_in_a_multirun(tmp_pa
         text=True,
         timeout=300,
     )
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 1, out.stderr[-2000:]  # a sweep with a failed job exits non-zero
+    assert "error: 1 of 1 jobs of this sweep did not finish" in out.stderr
     (record_file,) = (tmp_path / "sweep").glob("*/result.json")
     record = json.loads(record_file.read_text())
     assert record["status"] == "failed" and "bad.jsonl" in record["error"] and "role" in record["error"]

@@ -14,7 +14,7 @@ Real data is read in one streaming pass, in memory bounded by the split sizes:
    chosen with a bounded heap, returned in reading order.
 
 Example:
-    >>> from sft_sweeps.config import DatasetConfig
+    >>> from sft_sweeps.config import ConfigError, DatasetConfig
     >>> splits = load_splits(DatasetConfig(num_train=4, num_validation=2, num_test=2))
     >>> len(splits.train), len(splits.test), len(splits.fingerprint)
     (4, 2, 64)
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sft_sweeps.config import DatasetConfig
+from sft_sweeps.config import ConfigError, DatasetConfig
 from sft_sweeps.data import readers
 from sft_sweeps.data.holdout import is_held_out
 from sft_sweeps.data.validate import DataValidationError, to_record
@@ -140,7 +140,7 @@ def _streams(cfg: DatasetConfig) -> dict[str, tuple[str, Callable[[], Iterator[r
         if "{split}" not in path:
             held_out = [split for split in named if split != "train"]
             if held_out:
-                raise ValueError(
+                raise ConfigError(
                     f"dataset.path {path!r} names one set of files, so dataset.{held_out[0]}_split cannot "
                     "name a split; put a {split} placeholder in the path (data/{split}.jsonl) or set it null"
                 )
@@ -153,7 +153,20 @@ def _streams(cfg: DatasetConfig) -> dict[str, tuple[str, Callable[[], Iterator[r
             split: (f"{cfg.path}[{name}]", partial(readers.read_hub, str(cfg.path), name, subset, streaming))
             for split, name in named.items()
         }
-    raise ValueError(f"dataset.source: unknown source {cfg.source!r}")
+    raise ConfigError(f"dataset.source: unknown source {cfg.source!r}")
+
+
+def _counts(stats: dict[str, Any], split: str, streams: dict, carved: list[str]) -> dict[str, Any]:
+    """What was read for an empty split's error: the records of its source and what became of them."""
+    source = stats.get(split if split in streams else "train", {})
+    counts = {
+        "records read": source.get("read", 0),
+        "invalid": sum((source.get("skipped") or {}).values()),
+        "duplicates": source.get("duplicates", 0),
+    }
+    if split in carved:
+        counts[f"carved into {split}"] = stats[split].get("available", 0)
+    return counts
 
 
 def load_splits(cfg: DatasetConfig) -> Splits:
@@ -170,7 +183,8 @@ def load_splits(cfg: DatasetConfig) -> Splits:
     Raises:
         DataValidationError: an invalid record with `on_invalid=error`.
         FileNotFoundError: `dataset.path` matches no file.
-        ValueError: no valid training record, or a requested held-out split came out empty.
+        ConfigError: a path is not a readable data file, no valid training record, or a requested
+            held-out split came out empty (the message names the path and what to change).
     """
     if cfg.source == "synthetic":
         return _load_synthetic(cfg)
@@ -250,8 +264,11 @@ def load_splits(cfg: DatasetConfig) -> Splits:
         if not result[split] and (
             sizes[split] > 0 and (split in streams or split in carved) or split == "train"
         ):
-            raise ValueError(
-                f"dataset {cfg.name}: the {split} split is empty after loading ({stats[split]}); "
+            origin = stats[split]["origin"] if split in streams else f"dataset.path {cfg.path!r}"
+            raise ConfigError(
+                f"dataset {cfg.name}: the {split} split is empty after loading {origin} ("
+                + ", ".join(f"{k} {v}" for k, v in _counts(stats, split, streams, carved).items())
+                + "); "
                 + (f"add data or raise dataset.{split}_fraction" if split in carved else "check dataset.path")
             )
     return Splits(result["train"], result["validation"], result["test"], stats, fingerprint(*result.values()))

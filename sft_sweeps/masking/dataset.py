@@ -281,7 +281,10 @@ def _load_or_tokenize(
         if table is not None:
             return table, True
     table = _tokenize_all(tokenizer, conversations, expand)
-    _write_cache(path, table, key)
+    try:
+        _write_cache(path, table, key)
+    except OSError as e:  # a full or read-only cache disk costs a re-tokenization next time, not the run
+        log.warning("masking cache %s: not written (%s); the run goes on without it", path, e.strerror or e)
     return table, False
 
 
