@@ -12,7 +12,7 @@ GROUND = {
     "sft_sweeps.config": {"sft_sweeps.naming"},
     "sft_sweeps.naming": set(),
     "sft_sweeps.metrics": set(),
-    "sft_sweeps.files": set(),
+    "sft_sweeps.files": {"sft_sweeps.config", "sft_sweeps.naming"},  # check_writable_dir raises ConfigError
 }
 
 
