@@ -7,6 +7,7 @@ Its own module so that both the Multi-IF benchmark (`multi_if`) and its language
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from functools import lru_cache
@@ -80,6 +81,9 @@ def ifeval_registry() -> ModuleType:
         if root not in nltk.data.path:
             nltk.data.path.insert(0, root)
         langdetect.DetectorFactory.seed = 0  # langdetect samples; a fixed seed gives one verdict per text
+        # The language checker logs an ERROR line for every answer without letters (an empty or numeric
+        # answer of a small model: hundreds per run); its verdict is kept, the line is noise in a run's log.
+        logging.getLogger("lm_eval.tasks.ifeval.instructions").setLevel(logging.CRITICAL)
         from lm_eval.tasks.ifeval import instructions_registry
     except ImportError as e:
         raise _unavailable(
