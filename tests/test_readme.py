@@ -80,7 +80,7 @@ PLAN: dict[str, Check] = {
     "python -m sft_sweeps.report multirun/agent_masking --out reports/agent_masking": RUN(),
     "python -m sft_sweeps -m masking=full,last,all,weighted dataset=local_jsonl "
     "dataset.path=tests/fixtures/data/calc_chats.jsonl dataset.test_fraction=0.25 eval.heldout.metric=exact "
-    "train.max_steps=100 sweep_name=my_chats": RUN(
+    "train.max_steps=400 sweep_name=my_chats": RUN(
         *QUIET, replace=("tests/fixtures/", f"{ROOT}/tests/fixtures/")
     ),
     "python -m sft_sweeps.report multirun/my_chats --out reports/my_chats": RUN(),
