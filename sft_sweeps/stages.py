@@ -146,10 +146,13 @@ def train(
     output_dir: str,
     callbacks: list[TrainerCallback] | None = None,
 ) -> Trained:
-    """Train `model` on the prepared samples with the job's `train` settings."""
+    """Train `model` on the prepared samples with the job's `train` settings, continuing from the last
+    checkpoint of the same config and data in `output_dir` when an earlier attempt was interrupted
+    (`sft_sweeps.checkpoints`; only with `train.save_steps`)."""
     trainer = make_trainer(prepared, model, output_dir, callbacks)
-    output = trainer.train()
-    return Trained(trainer.model, trainer, output)
+    continuation = Continuation.prepare(trainer, prepared.settings, prepared.splits.fingerprint)
+    output = trainer.train(resume_from_checkpoint=continuation.checkpoint)
+    return Trained(trainer.model, trainer, output, continuation)
 
 
 def save_model(trained: Trained, tokenizer: PreTrainedTokenizerBase, run_dir: str | Path) -> str:
