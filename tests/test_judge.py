@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -673,6 +674,7 @@ def test_the_report_shows_mt_bench_as_fastchat_show_result_per_turn_average_and_
     records = [record("all", 0, {1: 8.0, 2: 6.0}, 0), record("last", 0, {1: 7.0, 2: 5.0}, 2)]
     (setting,) = analyze(records).settings
     text = judge_md(setting)
+    text = re.sub(r" {2,}", " ", text)  # the cells' padding (tabulate) collapsed
     assert "| strategy | First turn | Second turn | Average | math | writing | missing grades |" in text
     assert "| all | 8.000 (n=1) | 6.000 (n=1) | 7.000 (n=1) | 6.000 (n=1) | 8.000 (n=1) | 0 |" in text
     assert "2 failed requests, 0 without a grade" in text and "**2 grades missing**" in text
