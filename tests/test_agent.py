@@ -198,3 +198,21 @@ def test_aggregate_rates_by_step_and_task_success_by_conversation() -> None:
     assert metrics["own_turn_success"] == 0.5 and metrics["task_success"] == 0.5
     assert by_depth["step_exact_match"] == {1: 0.5, 2: 1.0}
     assert metrics["num_agent_conversations"] == 2.0
+
+
+def test_the_readme_agent_table_is_the_shipped_report() -> None:
+    """The README quotes `reports/agent_masking/table.md` (what `python -m sft_sweeps.report` wrote): every
+    line between its markers is a line of that file, and the other metrics it quotes are in report.md."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- agent table: reports/agent_masking/table.md -->")[1].split(
+        "<!-- end agent table"
+    )[0]
+    table = (root / "reports" / "agent_masking" / "table.md").read_text(encoding="utf-8").splitlines()
+    quoted = [line for line in block.strip().splitlines() if line.strip()]
+    assert len(quoted) > 8 and all(line in table for line in quoted)
+    report = (root / "reports" / "agent_masking" / "report.md").read_text(encoding="utf-8")
+    for value in ("0.296 ± 0.638", "0.013 ± 0.057", "0.008 ± 0.021"):
+        assert value in report and value in readme

@@ -77,6 +77,7 @@ PLAN: dict[str, Check] = {
     "python -m sft_sweeps.inspect masking=weighted": RUN(*SMOKE),
     "python -m sft_sweeps.inspect masking=last inspect.format=json": RUN(*SMOKE),
     "python -m sft_sweeps -m experiment=agent_masking": RUN(*QUIET),
+    "python -m sft_sweeps -m experiment=agent_masking seed=0,1,2": RUN(*QUIET),
     "python -m sft_sweeps.report multirun/agent_masking --out reports/agent_masking": RUN(),
     "python -m sft_sweeps -m masking=full,last,all,weighted dataset=local_jsonl "
     "dataset.path=tests/fixtures/data/calc_chats.jsonl dataset.test_fraction=0.25 eval.heldout.metric=exact "
