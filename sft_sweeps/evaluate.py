@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from sft_sweeps.cli import USER_ERRORS, errors_reported, in_multirun
+from sft_sweeps.cli import USER_ERRORS, errors_reported, in_multirun, job_overrides
 from sft_sweeps.config import ConfigError, register_configs
 from sft_sweeps.identity import RunRecord, job_dirname
 from sft_sweeps.job import Job, make_job
@@ -78,7 +78,7 @@ def run_evaluation(cfg: DictConfig | Job, out_dir: str | Path) -> RunRecord:
     scores = stages.score(model, tokenizer, splits, settings, job.optimized_metric, str(model_path))
     record = RunRecord.start(
         _identity(job.config, Path(model_path)),
-        overrides=_overrides(),
+        overrides=job_overrides(),
         run_dir=str(out_dir),
         versions=package_versions(),
         git_commit=git_commit(),
@@ -113,13 +113,6 @@ def _identity(config: dict[str, Any], model_path: Path) -> dict[str, Any]:
         return config
     log.info("identity from the run that trained it: %s (%s)", model_path.parent, trained_by.label)
     return {**trained_by.config, "eval": config["eval"]}
-
-
-def _overrides() -> list[str]:
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # called outside a Hydra app (tests, notebooks)
-        return []
 
 
 def print_result(record: RunRecord, console: Console | None = None) -> None:

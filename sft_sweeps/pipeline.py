@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sft_sweeps import stages
-from sft_sweeps.cli import USER_ERRORS, full_error
+from sft_sweeps.cli import USER_ERRORS, full_error, in_multirun, job_overrides
 from sft_sweeps.data import Splits, load_splits
 from sft_sweeps.evaluation.judge import missing_grades, retry_request_failures
 from sft_sweeps.identity import RunRecord, masking_label
@@ -71,7 +70,7 @@ def run(job: Job | DictConfig, run_dir: str | None = None) -> RunRecord | None:
         with RunLock(run_dir):
             return _run_locked(job, run_dir)
     except RunLockedError as e:
-        if not _in_multirun():
+        if not in_multirun():
             raise
         log.error("not run: %s", e)
         return None
@@ -82,7 +81,7 @@ def _run_locked(job: Job, run_dir: str) -> RunRecord:
     previous = load_run_record(run_dir)
     record = RunRecord.start(
         job.config,
-        overrides=_overrides(),
+        overrides=job_overrides(),
         run_dir=str(run_dir),
         versions=package_versions(),
         git_commit=git_commit(),
@@ -95,7 +94,7 @@ def _run_locked(job: Job, run_dir: str) -> RunRecord:
     except Exception as e:  # data that cannot be read: a failed job the sweep table names, not a missing one
         _record_failure(record, e, run_dir)
         write_record(run_dir, record)
-        if not _in_multirun():
+        if not in_multirun():
             raise
         return record
     record.data = {"fingerprint": splits.fingerprint, "stats": splits.stats}
@@ -135,7 +134,7 @@ def _run_locked(job: Job, run_dir: str) -> RunRecord:
         record.status = "done"
     except Exception as e:
         _record_failure(record, e, run_dir)
-        if not _in_multirun():
+        if not in_multirun():
             raise
     finally:
         record.wall_time_s = round(time.monotonic() - start, 2)
@@ -185,7 +184,7 @@ def _record_failure(record: RunRecord, error: Exception, run_dir: str) -> None:
     """Mark `record` failed with the traceback; log it (one line for a user error in a single run)."""
     record.status = "failed"
     record.error = traceback.format_exc()  # the record keeps the traceback, whatever the log says
-    if isinstance(error, USER_ERRORS) and not _in_multirun() and not full_error():
+    if isinstance(error, USER_ERRORS) and not in_multirun() and not full_error():
         # The entry point prints this message as its one `error:` line; a traceback would bury it.
         log.error("run failed: %s: %s", run_dir, error)
     else:
@@ -231,17 +230,3 @@ def _train_and_score(job: Job, splits: Splits, run_dir: str, tracker: Tracker, r
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def _overrides() -> list[str]:
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # called outside a Hydra app (tests, notebooks)
-        return []
-
-
-def _in_multirun() -> bool:
-    try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return False
