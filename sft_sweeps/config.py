@@ -389,6 +389,10 @@ class JudgeConfig:
     # turns of the held-out conversations.
     questions: str | None = None
     max_questions: int | None = 80
+    # With questions null: grade each answer against the held-out conversation's own answer to that turn
+    # (MT-Bench's reference prompts), for chats whose turns have a right answer. Off: no reference, which on
+    # open-ended chats would reward imitation.
+    held_out_references: bool = False
     # Judge prompts in FastChat's `judge_prompts.jsonl` schema; null: the shipped MT-Bench single-grade ones.
     prompts: str | None = None
     # Question categories graded against the question's `reference` answers (MT-Bench's math prompts).

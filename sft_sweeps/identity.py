@@ -76,6 +76,7 @@ def _added_keys() -> dict[str, tuple[Any, str | None]]:
         "eval.multi_if.scoring": (MultiIFConfig.scoring, "multi_if"),
         "eval.judge.parse": (JudgeConfig.parse, "judge"),
         "eval.judge.preflight": (JudgeConfig.preflight, None),  # a check before work: never changes results
+        "eval.judge.held_out_references": (JudgeConfig.held_out_references, None),  # off: as before it
         # With checkpoints on, the length-grouped batches are drawn from (seed, epoch): another order.
         "train.save_steps": (TrainConfig.save_steps, None),
     }

@@ -413,6 +413,39 @@ def test_held_out_conversations_are_replayed_turn_by_turn_against_a_real_server(
     assert out["benchmarks"]["judge"]["identity"]["questions"] is None
 
 
+def test_held_out_references_grade_each_turn_against_the_conversations_own_answer(
+    judge_server, tmp_path, tok
+):
+    """`eval.judge.held_out_references=true`: the reference prompts, the conversation's answers as
+    references."""
+    base_url, model, _ = judge_server
+    splits = make_splits(["state_tracking"], {"train": 2, "test": 2}, min_turns=2, max_turns=2, seed=0)
+    records = splits["test"]
+    questions = questions_from_conversations(records, with_references=True)
+    for record, question in zip(records, questions, strict=True):
+        assert question.reference == [m["content"] for m in record["messages"] if m["role"] == "assistant"]
+        assert question.category not in ("math", "reasoning", "coding")  # graded on it all the same
+    rendered = render(pick_prompt(load_prompts(None), questions[0], 2, []), questions[0], ["x", "y"], 2)
+    assert questions[0].reference[1] in rendered[1]["content"]
+
+    settings = judge_settings(
+        tmp_path, base_url=base_url, model=model, api_key_env="null", max_new_tokens=8, judge_max_tokens=8,
+        held_out_references=True,
+    )  # fmt: skip
+    context = EvalContext(tiny_llama(tok), tok, SimpleNamespace(test=records), settings, progress=False)
+    items = run_benchmarks(context)["eval_items"]["judge"]
+    assert len(items) == 4
+    assert {i["template"] for i in items} == {"single-math-v1", "single-math-v1-multi-turn"}
+
+
+def test_held_out_references_name_a_turn_with_no_answer():
+    messages = [("user", "a"), ("assistant", "b"), ("user", "c")]
+    record = {"id": "c7", "messages": [{"role": role, "content": text} for role, text in messages]}
+    with pytest.raises(ValueError, match="'c7' turn 2: no assistant answer"):
+        questions_from_conversations([record], with_references=True)
+    assert questions_from_conversations([record])[0].reference is None  # without references: replayed as is
+
+
 def test_the_report_never_puts_runs_judged_differently_in_one_setting():
     """Same config, but the prompt file was edited in place between the runs: two settings, not one."""
 

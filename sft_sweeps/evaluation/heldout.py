@@ -14,6 +14,8 @@ reference messages before it (`heldout_score`), and with the model's own earlier
   languages.
 
 Generation is greedy and ends at the end-of-turn token; prompts are left-cut to the window as everywhere.
+For answers no string metric judges well, the `judge` benchmark grades the same held-out turns (own history)
+against the conversation's answers as references: `eval.judge.held_out_references=true`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ Config (`eval.judge`, `sft_sweeps.config.JudgeConfig`):
   no key); the key is read at run time and never written to result.json, W&B, the cache or logs.
 * `questions`: a JSONL file in FastChat's MT-Bench `question.jsonl` schema (`question_id`, `category`,
   `turns`, optional `reference`); null replays the user turns of the held-out conversations (no references).
-  `max_questions` caps either.
+  `max_questions` caps either. `held_out_references`: with `questions` null, grade each answer against the
+  held-out conversation's own answer to that turn as the reference (MT-Bench's reference prompts), for chats
+  whose turns have a right answer; off by default, since on open-ended chats a reference rewards imitation.
 * `prompts`: judge prompts in FastChat's `judge_prompts.jsonl` schema, the four single-grade ones by name
   (`single-v1`, `single-v1-multi-turn`, `single-math-v1`, `single-math-v1-multi-turn`); null uses the shipped
   copy (`judge_prompts/mt_bench_single.jsonl`). Besides FastChat's fields (`question`, `answer`,
@@ -98,6 +100,8 @@ class Question:
     category: str | None = None
     reference: list[str] | None = None
     system: str | None = None  # a held-out conversation's system message, kept for generation
+    # Graded against `reference` whatever its category (`eval.judge.held_out_references`).
+    graded_against_reference: bool = False
 
 
 @dataclass
@@ -186,10 +190,7 @@ class JudgeBenchmark:
 
         cfg = context.settings.eval.judge
         prompts = load_prompts(cfg.prompts)
-        if cfg.questions is not None:
-            questions = load_questions(cfg.questions)[: cfg.max_questions]
-        else:
-            questions = questions_from_conversations(context.conversations[: cfg.max_questions])
+        questions = questions_for(cfg, context.conversations)
         answers = answer_questions(context, questions, cfg.max_new_tokens)
         tasks = judge_tasks(questions, answers, prompts, cfg)
         cache = Path(context.settings.cache_dir) / "judge" if cfg.cache else None
@@ -255,12 +256,23 @@ def load_questions(path: str | Path) -> list[Question]:
     return questions
 
 
-def questions_from_conversations(conversations: list[dict[str, Any]]) -> list[Question]:
-    """The user turns of held-out conversations, to be replayed (no references: their answers are not graded
-    against the conversation's own, which would reward imitation).
+def questions_for(cfg: JudgeConfig, conversations: list[dict[str, Any]]) -> list[Question]:
+    """The questions `cfg` asks: its questions file, else the held-out conversations replayed."""
+    if cfg.questions is not None:
+        return load_questions(cfg.questions)[: cfg.max_questions]
+    return questions_from_conversations(conversations[: cfg.max_questions], cfg.held_out_references)
+
+
+def questions_from_conversations(
+    conversations: list[dict[str, Any]], with_references: bool = False
+) -> list[Question]:
+    """The user turns of held-out conversations, to be replayed. Without `with_references` their answers are
+    not graded against the conversation's own (which would reward imitation on open-ended chats); with it,
+    each turn's reference is the conversation's last assistant text before the next user turn.
 
     Raises:
-        ValueError: a record has no user message (its id named).
+        ValueError: a record has no user message, or (with references) a user turn no assistant answers
+            (its id and turn named).
     """
     questions = []
     for position, record in enumerate(conversations):
@@ -271,8 +283,30 @@ def questions_from_conversations(conversations: list[dict[str, Any]]) -> list[Qu
             raise ValueError(f"judge: held-out record {record_id!r} has no user message to replay")
         system = messages[0]["content"] if messages[0].get("role") == "system" else None
         task = record.get("task")
-        questions.append(Question(record_id, users, task if isinstance(task, str) else None, None, system))
+        references = _turn_answers(record_id, messages, len(users)) if with_references else None
+        questions.append(
+            Question(
+                record_id, users, task if isinstance(task, str) else None, references, system, with_references
+            )
+        )
     return questions
+
+
+def _turn_answers(record_id: str, messages: list[dict[str, Any]], num_users: int) -> list[str]:
+    """Per user turn, the last assistant text before the next user turn (an agent's final answer)."""
+    answers: list[str | None] = []
+    for message in messages:
+        if message.get("role") == "user":
+            answers.append(None)
+        elif message.get("role") == "assistant" and answers and message.get("content"):
+            answers[-1] = message["content"]
+    missing = [turn for turn, answer in enumerate(answers, start=1) if answer is None]
+    if missing or len(answers) != num_users:
+        raise ValueError(
+            f"judge: held-out record {record_id!r} turn {missing[0] if missing else num_users}: no assistant "
+            "answer to grade against (eval.judge.held_out_references=true needs one per user turn)"
+        )
+    return [a for a in answers if a is not None]
 
 
 def _jsonl(key: str, path: str | Path, text: str | None = None) -> Iterator[tuple[int, Any]]:
@@ -413,9 +447,10 @@ def _transcript(questions: list[str], answers: list[str], speaker: str) -> str:
 def pick_prompt(
     prompts: dict[str, Prompt], question: Question, turn: int, reference_categories: list[str]
 ) -> Prompt:
-    """MT-Bench's choice: the reference prompts for reference categories with references, single-v1 else."""
+    """MT-Bench's choice: the reference prompts for reference categories with references (or a question graded
+    against its reference whatever its category), single-v1 else."""
     with_reference = (
-        question.category in reference_categories
+        (question.category in reference_categories or question.graded_against_reference)
         and question.reference is not None
         and len(question.reference) >= turn
     )
@@ -699,10 +734,7 @@ def retry_request_failures(
     """
     cfg = settings.eval.judge
     prompts = load_prompts(cfg.prompts)
-    if cfg.questions is not None:
-        questions = load_questions(cfg.questions)[: cfg.max_questions]
-    else:
-        questions = questions_from_conversations(conversations[: cfg.max_questions])
+    questions = questions_for(cfg, conversations)
     index = {q.id: qi for qi, q in enumerate(questions)}
     answers: dict[str, dict[int, str]] = defaultdict(dict)
     for item in items:

@@ -156,6 +156,8 @@ def records_from_csv(path: Path) -> list[RunRecord]:
             "data": {"fingerprint": row["data_fingerprint"]} if row.get("data_fingerprint") else None,
             "metrics": metrics,
             "wall_time_s": wall,
+            # The metric a selection reads on validation; run tables older than the column lack it.
+            "optimized_metric": row.get("optimized_metric") or None,
         }
         records.append(RunRecord.from_dict(record, row.get("source") or where))
     return records
@@ -175,6 +177,7 @@ RUN_COLUMNS = (
     "data_fingerprint",
     "error",
     "source",
+    "optimized_metric",
 )
 
 

@@ -684,6 +684,7 @@ def runs_csv(report: SweepReport) -> str:
             rec.data_fingerprint or "",
             r.error_line(),
             r.source,
+            rec.main_metric or "",
         ]
         row += [_csv_value(rec.metrics.get(m)) for m in metrics]
         writer.writerow(row)
