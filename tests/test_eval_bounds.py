@@ -7,7 +7,7 @@ import torch
 
 from sft_sweeps.config import EvalConfig
 from sft_sweeps.evaluation.generation import stop_token_ids
-from sft_sweeps.evaluation.multiturn import _parse_all, _turn_prompts, evaluate_nll
+from sft_sweeps.evaluation.multiturn import _turn_prompts, evaluate_nll, parse_conversations
 from sft_sweeps.evaluation.nll import assistant_spans, turn_nlls
 from sft_sweeps.tasks import make_splits
 from sft_sweeps.tokenizer import build_embedded_tokenizer
@@ -55,7 +55,7 @@ def test_nll_never_feeds_a_row_longer_than_the_window(tok, long_chats) -> None:
 
 def test_logits_per_pass_are_capped_and_scores_do_not_change(tok, long_chats) -> None:
     recorder = ShapeRecorder(tok)
-    convs = _parse_all(long_chats, EvalConfig(max_conversations=None))
+    convs = parse_conversations(long_chats, EvalConfig(max_conversations=None))
     ids = tok.apply_chat_template([c.messages for c in convs], return_dict=False)
     stops = stop_token_ids(recorder.model, tok)
     prompts = _turn_prompts(tok, convs)

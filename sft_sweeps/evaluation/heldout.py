@@ -71,13 +71,13 @@ class HeldOutGeneration:
 
     def run(self, context: EvalContext) -> BenchmarkResult:
         from sft_sweeps.evaluation.base import BenchmarkResult
-        from sft_sweeps.evaluation.multiturn import _parse_all, answer_every_turn
+        from sft_sweeps.evaluation.multiturn import answer_every_turn, parse_conversations
 
         settings = context.settings
         cfg = settings.eval.heldout
         score = SCORERS[cfg.metric]
         convs = []
-        for conv in _parse_all(context.conversations, settings.eval):
+        for conv in parse_conversations(context.conversations, settings.eval):
             conv.turns = [i for i in conv.turns if not conv.messages[i].get("tool_calls")]
             if conv.turns:
                 convs.append(conv)

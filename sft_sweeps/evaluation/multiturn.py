@@ -146,7 +146,7 @@ def evaluate_synthetic(
     Arguments and errors as for `evaluate`; `backend` picks the generation engine (None: hf). Items: `id`,
     `task`, `turn`, `gold`, `correct`, `stopped`, `prediction`, `own_correct`, `own_prediction`, `prompt_cut`.
     """
-    convs = [c for c in _parse_all(conversations, cfg) if c.task is not None]
+    convs = [c for c in parse_conversations(conversations, cfg) if c.task is not None]
     gold_gen, own_gen = answer_every_turn(
         model, tokenizer, convs, cfg.batch_size, cfg.max_new_tokens, progress, window, backend
     )
@@ -189,7 +189,7 @@ def evaluate_nll(
     `num_tokens`, `cut_tokens`, `windowed`. Metrics: `assistant_nll` (a mean over tokens, not turns),
     `num_scored_tokens`, `num_cut_tokens`, `num_windowed_turns`, `num_nll_conversations`.
     """
-    convs = _parse_all(conversations, cfg)
+    convs = parse_conversations(conversations, cfg)
     stops = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     gold_prompts = _turn_prompts(tokenizer, convs)
@@ -278,7 +278,12 @@ def answer_every_turn(
     return gold_gen, own_gen
 
 
-def _parse_all(conversations: list[dict], cfg: EvalConfig) -> list[_Conversation]:
+def parse_conversations(conversations: list[dict], cfg: EvalConfig) -> list[_Conversation]:
+    """The held-out records as conversations to score (at most `cfg.max_conversations`), each validated.
+
+    Raises:
+        ValueError: a record's messages are malformed or have no assistant turn, or two share an id.
+    """
     records = conversations if cfg.max_conversations is None else conversations[: cfg.max_conversations]
     convs = [_parse(record, position) for position, record in enumerate(records)]
     duplicates = sorted(i for i, n in Counter(c.id for c in convs).items() if n > 1)
