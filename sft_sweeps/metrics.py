@@ -107,21 +107,8 @@ _DECLARED = (
     ),
     _count("num_turns", "synthetic", "assistant turns scored"),
     _count("num_conversations", "synthetic", "conversations scored"),
-    # nll: teacher-forced held-out NLL of assistant turns, in windows of the training length.
-    Metric(
-        "assistant_nll",
-        "nll",
-        False,
-        "nll",
-        "held-out NLL per assistant token (nats); `all` minimises it by construction",
-        item_field="nll",
-        headline=True,
-    ),
-    _count("num_scored_tokens", "nll", "assistant tokens scored"),
-    _count("num_cut_tokens", "nll", "assistant tokens beyond the window, not scored"),
-    _count("num_windowed_turns", "nll", "turns scored in a window shorter than their history"),
-    _count("num_nll_conversations", "nll", "conversations scored"),
     # heldout: the dataset's own held-out assistant turns, generated and scored (evaluation/heldout.py).
+    # Before nll, which `all` wins by construction: in a report on the user's own data it comes first.
     Metric(
         "heldout_score",
         "heldout",
@@ -142,6 +129,20 @@ _DECLARED = (
     ),
     _count("num_heldout_turns", "heldout", "held-out assistant turns scored"),
     _count("num_heldout_conversations", "heldout", "held-out conversations scored"),
+    # nll: teacher-forced held-out NLL of assistant turns, in windows of the training length.
+    Metric(
+        "assistant_nll",
+        "nll",
+        False,
+        "nll",
+        "held-out NLL per assistant token (nats); `all` minimises it by construction",
+        item_field="nll",
+        headline=True,
+    ),
+    _count("num_scored_tokens", "nll", "assistant tokens scored"),
+    _count("num_cut_tokens", "nll", "assistant tokens beyond the window, not scored"),
+    _count("num_windowed_turns", "nll", "turns scored in a window shorter than their history"),
+    _count("num_nll_conversations", "nll", "conversations scored"),
     # agent: tool use (sft_sweeps.evaluation.agent): gold history per reference step, own history per user
     # turn.
     Metric(

@@ -81,3 +81,26 @@ def test_local_datasets_list_it_first() -> None:
     job = make_job(compose_config(["dataset=local_jsonl", f"dataset.path={MESSAGES}"]))
     assert list(job.settings.eval.benchmarks) == ["heldout", "nll", "multi_if"]
     assert job.optimized_metric == "heldout/heldout_score"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_quotes_the_shipped_own_chats_report() -> None:
+    """The README's numbers for its own-chats command are those of the shipped reports/my_chats."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    quoted = re.search(r"<!-- my_chats numbers: [^>]*-->\n(.*?)<!-- end of my_chats numbers -->", readme, re.S)
+    assert quoted, "README: no my_chats numbers block"
+    shipped = "".join((ROOT / "reports" / "my_chats" / name).read_text() for name in ("table.md", "report.md"))
+    numbers = re.findall(r"\d+\.\d{3}", quoted.group(1))
+    assert len(numbers) >= 10 and [n for n in numbers if n not in shipped] == []
+    assert "(it has 310)" in shipped and "it has 310)" in quoted.group(1)
+
+
+def test_the_own_chats_fixture_is_what_its_generator_writes(tmp_path: Path) -> None:
+    from tests.fixtures.data.make_calc_chats import OUT, main
+
+    main(tmp_path / "calc_chats.jsonl")
+    assert (tmp_path / "calc_chats.jsonl").read_bytes() == OUT.read_bytes()

@@ -28,6 +28,7 @@ from sft_sweeps.report import (
 )
 from sft_sweeps.report.__main__ import main as report_main
 from sft_sweeps.report.analysis import Selection
+from sft_sweeps.report.render import selection_caption
 from sft_sweeps.report.stats import (
     holm,
     mean_ci,
@@ -553,3 +554,38 @@ def test_selection_from_the_run_table_is_the_selection_from_the_records(
     # ... so the same learning rate is chosen per strategy (its item tests need the records: not compared).
     for table in (squash((tmp_path / d / "table.md").read_text()) for d in "ab"):
         assert "| all | 0.001 | 3 |" in table and "| full | 0.003 | 3 |" in table
+
+
+def test_a_two_stage_selection_keeps_its_choice_and_invents_no_missing_runs(base_config: dict) -> None:
+    """Stage 1 runs every rate on seeds 0-2; stage 2 only the chosen rates on seeds 3-5. Candidates are
+    scored on the seeds they all ran, so the choice holds however the extra seeds turn out, the comparison
+    uses all six seeds, and the rates not chosen are not "missing" seeds 3-5."""
+    records = _lr_records(base_config)
+    for strategy, lr in (("all", 1e-3), ("full", 3e-3)):  # the rates chosen on seeds 0-2
+        for seed in (3, 4, 5):
+            record = make_record(base_config, strategy, seed % 3, sweep="lr")  # SEED_NOISE has seeds 0-2
+            record["seed"] = record["config"]["seed"] = seed
+            record["config"]["train"]["learning_rate"] = lr
+            record["optimized_metric"] = TEM
+            record["metrics"]["turn_exact_match"] = 0.4
+            record["metrics"]["validation/synthetic/turn_exact_match"] = 0.0  # worse than any candidate
+            records.append(record)
+    loaded = [RunRecord.from_dict(r, f"run{i}") for i, r in enumerate(records)]
+    report = analyze(loaded, Selection(("train.learning_rate",)))
+    (setting,) = report.settings
+    assert setting.selection_seeds == [0, 1, 2]
+    assert setting.chosen("all") == ("train.learning_rate=0.001",)
+    assert setting.chosen("full") == ("train.learning_rate=0.003",)
+    assert setting.seeds == {"all": [0, 1, 2, 3, 4, 5], "full": [0, 1, 2, 3, 4, 5]}
+    assert report.hygiene.missing == [] and report.hygiene.expected == report.hygiene.done == 18
+    assert "over seeds 0, 1, 2), compared on test" in selection_caption(setting)
+
+    # A candidate not chosen that lacks a selection seed is missing, with the overrides that run it.
+    dropped = [r for r in loaded if not (r.label == "all" and r.seed == 1 and _lr(r) == 3e-3)]
+    missing = analyze(dropped, Selection(("train.learning_rate",))).hygiene.missing
+    assert [(m.strategy, m.seed) for m in missing] == [("all", 1)]
+    assert "train.learning_rate=0.003" in missing[0].overrides
+
+
+def _lr(record: RunRecord) -> float:
+    return record.config["train"]["learning_rate"]

@@ -226,6 +226,7 @@ class SettingReport:
     # With a Selection: the selection metric and, per strategy, its candidates (the chosen one marked).
     selection_metric: str | None = None
     candidates: dict[str, list[Candidate]] = field(default_factory=dict)
+    selection_seeds: list[int] = field(default_factory=list)  # the seeds every candidate is scored on
 
     @property
     def label(self) -> str:
@@ -468,7 +469,7 @@ def _analyze_setting(
     name: str,
     cells: dict[str, dict[int, Run]],
     overrides: tuple[str, ...] | None = None,
-    selection: tuple[str | None, dict[str, list[Candidate]]] = (None, {}),
+    selection: tuple[str | None, dict[str, list[Candidate]], list[int]] = (None, {}, []),
 ) -> SettingReport:
     any_run = next(iter(next(iter(cells.values())).values()))
     strategies = sorted(cells, key=lambda s: next(iter(cells[s].values())).strategy_key)
@@ -592,6 +593,7 @@ def _analyze_setting(
         fingerprints=dict(sorted(fingerprints.items())),
         selection_metric=selection[0],
         candidates=selection[1],
+        selection_seeds=selection[2],
     )
 
 
@@ -695,12 +697,12 @@ def _candidate_order(values: tuple[str, ...]) -> tuple:
 
 def _select_cells(
     cells: dict[tuple[str, str], dict[int, Run]], selection: Selection
-) -> dict[str, tuple[tuple[str, ...], str | None, dict[str, dict[int, Run]], dict[str, list[Candidate]]]]:
+) -> dict[str, SelectedSetting]:
     """Merge the settings that differ only by the selection keys; keep, per strategy, the best candidate.
 
-    Returns:
-        base setting name -> (its overrides, selection metric, strategy -> chosen runs by seed,
-        strategy -> candidates).
+    Every candidate is scored on the same seeds: those every candidate of the setting ran (all of them in a
+    full grid; in a two-stage sweep, the selection seeds, the chosen candidates having more). A choice
+    therefore stays the same when the chosen candidates get more seeds.
 
     Raises:
         SelectionError: no done run of a strategy records the selection metric.
@@ -713,8 +715,7 @@ def _select_cells(
     metric_of: dict[str, str] = {}
     for (_, strategy), by_seed in cells.items():
         run = next(iter(by_seed.values()))
-        chosen_by = tuple(o for o in run.setting_overrides if o.split("=", 1)[0] in keys)
-        base = tuple(o for o in run.setting_overrides if o not in chosen_by)
+        chosen_by, base = _split_overrides(run.setting_overrides, keys)
         name = _setting_name(run.sweep, base)
         base_overrides[name] = base
         metric_of.setdefault(name, selection.metric or VALIDATION_PREFIX + str(run.record.main_metric))
@@ -724,14 +725,16 @@ def _select_cells(
     for name, strategies in grouped.items():
         metric = metric_of[name]
         sign = 1.0 if lower_is_better(metric) else -1.0
-        chosen_cells, candidates = {}, {}
+        seed_sets = [set(by_seed) for options in strategies.values() for by_seed in options.values()]
+        selection_seeds = sorted(set.intersection(*seed_sets)) or sorted(set.union(*seed_sets))
+        chosen_cells, candidates, chosen_values = {}, {}, {}
         for strategy, options in strategies.items():
             rows = []
             for values in sorted(options, key=_candidate_order):
                 scores = [
                     v
-                    for r in options[values].values()
-                    if r.status == "done" and (v := r.metric(metric)) is not None
+                    for seed, r in options[values].items()
+                    if seed in selection_seeds and r.status == "done" and (v := r.metric(metric)) is not None
                 ]
                 rows.append(Candidate(values, mean_ci(scores) if scores else None))
             scored = [c for c in rows if c.score is not None]
@@ -745,8 +748,50 @@ def _select_cells(
             best.chosen = True
             chosen_cells[strategy] = options[best.values]
             candidates[strategy] = rows
-        out[name] = (base_overrides[name], metric, chosen_cells, candidates)
+            chosen_values[strategy] = best.values
+        out[name] = SelectedSetting(
+            base_overrides[name], metric, chosen_cells, candidates, chosen_values, selection_seeds
+        )
     return out
+
+
+@dataclass
+class SelectedSetting:
+    """A setting after selection: per strategy its chosen runs (by seed) and every candidate's score."""
+
+    overrides: tuple[str, ...]
+    metric: str
+    chosen: dict[str, dict[int, Run]]
+    candidates: dict[str, list[Candidate]]
+    chosen_values: dict[str, tuple[str, ...]]  # strategy -> the chosen `key=value`s
+    seeds: list[int]  # the seeds every candidate is scored on
+
+
+def _split_overrides(overrides: tuple[str, ...], keys: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the overrides of the selection keys, the rest): a candidate's values and its base setting."""
+    values = tuple(o for o in overrides if o.split("=", 1)[0] in keys)
+    return values, tuple(o for o in overrides if o not in values)
+
+
+def _expected_seeds(
+    selected: dict[str, SelectedSetting], runs: list[Run], setting: str, strategy: str, keys: set[str]
+) -> list[int]:
+    """The seeds a (setting, strategy) cell is expected to have under a selection (see `analyze`)."""
+    run = next(r for r in runs if r.setting == setting)
+    values, base = _split_overrides(run.setting_overrides, keys)
+    name = _setting_name(run.sweep, base)
+    sel = selected[name]
+    in_base = [
+        r for r in runs if r.sweep == run.sweep and _split_overrides(r.setting_overrides, keys)[1] == base
+    ]
+    if sel.chosen_values.get(strategy) == values:
+        return sorted({r.seed for r in in_base})
+    not_chosen = (
+        r
+        for r in in_base
+        if sel.chosen_values.get(r.strategy) != _split_overrides(r.setting_overrides, keys)[0]
+    )
+    return sorted({r.seed for r in not_chosen})
 
 
 def analyze(records: Iterable[RunRecord], selection: Selection | None = None) -> SweepReport:
@@ -774,20 +819,26 @@ def analyze(records: Iterable[RunRecord], selection: Selection | None = None) ->
     if not runs:
         raise ValueError("no records to report on")
     cells, duplicates = _pick_cells(runs)
+    selected = _select_cells(cells, selection) if selection is not None else None
 
     missing = []
     expected = 0
     # The grid of a setting is its own strategies x its own seeds: settings that share a sweep folder were
     # not necessarily run with the same strategies (another command, another day), so a strategy of one
-    # setting is never a "missing" run of another.
+    # setting is never a "missing" run of another. Under a selection, a candidate that was not chosen is
+    # expected on the seeds the candidates not chosen ran (a two-stage sweep runs only the chosen ones on
+    # more seeds), the chosen one on every seed of the setting.
     for setting, overrides in sorted({(r.setting, r.setting_overrides) for r in runs}):
         in_setting = [r for r in runs if r.setting == setting]
         strategies = sorted({(r.strategy_key, r.strategy) for r in in_setting})
         masking_of = {r.strategy: r.masking for r in in_setting}
         seeds = sorted({r.seed for r in in_setting})
-        expected += len(strategies) * len(seeds)
         for _, strategy in strategies:
-            for seed in seeds:
+            expected_seeds = seeds
+            if selected is not None:
+                expected_seeds = _expected_seeds(selected, runs, setting, strategy, set(selection.keys))
+            expected += len(expected_seeds)
+            for seed in expected_seeds:
                 if seed not in cells.get((setting, strategy), {}):
                     missing.append(
                         Missing(
@@ -815,11 +866,10 @@ def analyze(records: Iterable[RunRecord], selection: Selection | None = None) ->
             if (count := max(r.skipped_records() for r in runs if r.setting == setting))
         },
     )
-    if selection is not None:
-        selected = _select_cells(cells, selection)
+    if selected is not None:
         settings = [
-            _analyze_setting(name, chosen, overrides, (metric, candidates))
-            for name, (overrides, metric, chosen, candidates) in sorted(selected.items())
+            _analyze_setting(name, sel.chosen, sel.overrides, (sel.metric, sel.candidates, sel.seeds))
+            for name, sel in sorted(selected.items())
         ]
         return SweepReport(runs=runs, settings=settings, hygiene=hygiene)
     by_setting: dict[str, dict[str, dict[int, Run]]] = defaultdict(dict)

@@ -222,9 +222,10 @@ def selection_caption(setting: SettingReport) -> str:
     keys = selection_keys(setting)
     if not keys:
         return ""
+    seeds = ", ".join(map(str, setting.selection_seeds))
     return (
         f"; {', '.join(f'`{k}`' for k in keys)} per strategy selected on validation (best mean "
-        f"`{setting.selection_metric}` over seeds), compared on test"
+        f"`{setting.selection_metric}` over seeds {seeds}), compared on test"
     )
 
 
