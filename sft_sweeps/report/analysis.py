@@ -368,6 +368,11 @@ def _rerun_command(missing_masking: Mapping[str, Any], seed: int, siblings: list
     return shlex.join(["python", "-m", "sft_sweeps", "-m", *args])
 
 
+def display_source(source: str) -> str:
+    """A record's source as a user names it: a file path relative to the working directory when under it."""
+    return source if source.startswith("wandb:") else _display_path(Path(source))
+
+
 def _display_path(path: Path) -> str:
     """`path` relative to the working directory when it is under it (what a user typed), else absolute."""
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sft_sweeps.metrics import arrow, fmt, headline_keys, lookup, lower_is_better, short_name
-from sft_sweeps.report.analysis import Pick, SettingReport, SweepReport
+from sft_sweeps.report.analysis import Pick, SettingReport, SweepReport, display_source
 from sft_sweeps.report.cells import fmt_ci, md_table  # noqa: F401 (used here and re-exported)
 from sft_sweeps.report.records import RUN_COLUMNS
 from sft_sweeps.report.stats import ALPHA, CONFIDENCE, MAX_SEEDS, PERMUTATIONS, MeanCI
@@ -684,7 +684,7 @@ def runs_csv(report: SweepReport) -> str:
             rec.git_commit or "",
             rec.data_fingerprint or "",
             r.error_line(),
-            r.source,
+            display_source(r.source),  # relative to the working directory: a shipped table names no machine
             rec.main_metric or "",
         ]
         row += [_csv_value(rec.metrics.get(m)) for m in metrics]
