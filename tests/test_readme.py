@@ -137,8 +137,15 @@ PLAN: dict[str, Check] = {
         "reads runs from W&B: needs a login and the network"
     ),
     "make paper": DRY,
-    "python -m sft_sweeps.report reports/default_5seeds/runs.csv --out reports/default_5seeds": RUN(),
+    "python -m sft_sweeps.report reports/lr_tuning/runs.csv --select-key train.learning_rate "
+    "--out reports/lr_tuning": RUN(),
     "python -m sft_sweeps.report multirun/lr_tuning --select-key train.learning_rate --out reports/lr_tuning": RUN(),
+    # The chosen rates on seeds 3-9: one seed here (smoke mode sweeps seed 0 only unless told otherwise).
+    **{
+        f"python -m sft_sweeps -m experiment=lr_tuning masking={strategy} train.learning_rate={rate} "
+        "'seed=range(3,10)'": RUN(*QUIET, replace=("'seed=range(3,10)'", "seed=3"))
+        for strategy, rate in (("full", 0.002), ("last", 0.001), ("all", 0.001), ("weighted", 0.002))
+    },
     "wandb login": SKIP("needs a W&B account and the network"),
     "python -m sft_sweeps -m masking=full,last,all,weighted sweep_name=masks logger.mode=online "
     "logger.entity=my-team logger.project=sft_sweeps": RUN(
