@@ -91,9 +91,10 @@ def test_readme_quotes_the_shipped_own_chats_report() -> None:
     import re
 
     readme = (ROOT / "README.md").read_text()
-    quoted = re.search(r"<!-- my_chats numbers: [^>]*-->\n(.*?)<!-- end of my_chats numbers -->", readme, re.S)
+    block = r"<!-- my_chats numbers: [^>]*-->\n(.*?)<!-- end of my_chats numbers -->"
+    quoted = re.search(block, readme, re.S)
     assert quoted, "README: no my_chats numbers block"
-    shipped = "".join((ROOT / "reports" / "my_chats" / name).read_text() for name in ("table.md", "report.md"))
+    shipped = "".join((ROOT / "reports" / "my_chats" / f).read_text() for f in ("table.md", "report.md"))
     numbers = re.findall(r"\d+\.\d{3}", quoted.group(1))
     assert len(numbers) >= 10 and [n for n in numbers if n not in shipped] == []
     assert "(it has 310)" in shipped and "it has 310)" in quoted.group(1)

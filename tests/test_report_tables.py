@@ -125,19 +125,22 @@ def test_tex_tables_fit_linewidth(base_config: dict, tmp_path: Path) -> None:
 # --- the README's numbers are the shipped report's, and `make paper` writes the shipped report ----------
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "reports" / "default_5seeds"
-PAPER_COMMAND = "python -m sft_sweeps.report reports/default_5seeds/runs.csv --out reports/default_5seeds"
+SHIPPED = ROOT / "reports" / "lr_tuning"
+PAPER_COMMAND = (
+    "python -m sft_sweeps.report reports/lr_tuning/runs.csv --select-key train.learning_rate "
+    "--out reports/lr_tuning"
+)
 
 
 def test_readme_quotes_the_shipped_table_and_its_numbers() -> None:
     readme = (ROOT / "README.md").read_text()
     quoted = re.search(
-        r"<!-- reports/default_5seeds/table.md [^>]*-->\n(.*?)\n"
-        r"<!-- end of reports/default_5seeds/table.md -->",
+        r"<!-- reports/lr_tuning/table.md [^>]*-->\n(.*?)\n"
+        r"<!-- end of reports/lr_tuning/table.md -->",
         readme,
         re.S,
     )
-    assert quoted, "README: no quoted reports/default_5seeds/table.md block"
+    assert quoted, "README: no quoted reports/lr_tuning/table.md block"
     assert quoted.group(1) == (SHIPPED / "table.md").read_text().rstrip("\n")
     # The prose after it quotes numbers of the report: each is in the shipped files.
     prose = readme[quoted.end() :].split("\n\n", 2)[1]
@@ -150,13 +153,20 @@ def test_readme_quotes_the_shipped_table_and_its_numbers() -> None:
 
 
 def test_shipped_report_is_what_make_paper_writes(tmp_path: Path) -> None:
-    """`make paper` (its recipe is PAPER_COMMAND) rebuilds reports/default_5seeds byte for byte."""
+    """`make paper` (its recipe is PAPER_COMMAND) rebuilds reports/lr_tuning byte for byte; its runs come
+    from one clean commit."""
     from sft_sweeps.report import OUTPUTS, load_records
 
     assert (
         PAPER_COMMAND
         in subprocess.run(["make", "-n", "paper"], cwd=ROOT, capture_output=True, text=True).stdout
     )
-    write_report(load_records(str(SHIPPED / "runs.csv")), tmp_path, command=PAPER_COMMAND)
+    from sft_sweeps.report.analysis import Selection
+
+    selection = Selection(("train.learning_rate",))
+    report = write_report(load_records(str(SHIPPED / "runs.csv")), tmp_path, PAPER_COMMAND, selection)
+    # Every run from one commit, none with uncommitted changes: the table can be reproduced from it.
+    assert len(report.hygiene.commits) == 1 and "+dirty" not in report.hygiene.commits[0]
+    assert report.hygiene.done == report.hygiene.expected == 120
     for name in OUTPUTS:
         assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), f"{name}: run `make paper`"

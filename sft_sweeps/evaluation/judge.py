@@ -63,7 +63,7 @@ import re
 import string
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -190,7 +190,7 @@ class JudgeBenchmark:
 
         cfg = context.settings.eval.judge
         prompts = load_prompts(cfg.prompts)
-        questions = questions_for(cfg, context.conversations)
+        questions = questions_for(cfg, lambda: context.conversations)
         answers = answer_questions(context, questions, cfg.max_new_tokens)
         tasks = judge_tasks(questions, answers, prompts, cfg)
         cache = Path(context.settings.cache_dir) / "judge" if cfg.cache else None
@@ -256,11 +256,12 @@ def load_questions(path: str | Path) -> list[Question]:
     return questions
 
 
-def questions_for(cfg: JudgeConfig, conversations: list[dict[str, Any]]) -> list[Question]:
-    """The questions `cfg` asks: its questions file, else the held-out conversations replayed."""
+def questions_for(cfg: JudgeConfig, held_out: Callable[[], list[dict[str, Any]]]) -> list[Question]:
+    """The questions `cfg` asks: its questions file, else the held-out conversations (read only then)
+    replayed."""
     if cfg.questions is not None:
         return load_questions(cfg.questions)[: cfg.max_questions]
-    return questions_from_conversations(conversations[: cfg.max_questions], cfg.held_out_references)
+    return questions_from_conversations(held_out()[: cfg.max_questions], cfg.held_out_references)
 
 
 def questions_from_conversations(
@@ -734,7 +735,7 @@ def retry_request_failures(
     """
     cfg = settings.eval.judge
     prompts = load_prompts(cfg.prompts)
-    questions = questions_for(cfg, conversations)
+    questions = questions_for(cfg, lambda: conversations)
     index = {q.id: qi for qi, q in enumerate(questions)}
     answers: dict[str, dict[int, str]] = defaultdict(dict)
     for item in items:
