@@ -167,6 +167,9 @@ def test_shipped_report_is_what_make_paper_writes(tmp_path: Path) -> None:
     report = write_report(load_records(str(SHIPPED / "runs.csv")), tmp_path, PAPER_COMMAND, selection)
     # Every run from one commit, none with uncommitted changes: the table can be reproduced from it.
     assert len(report.hygiene.commits) == 1 and "+dirty" not in report.hygiene.commits[0]
-    assert report.hygiene.done == report.hygiene.expected == 120
+    # 4 strategies x 3 rates on seeds 0-2, the chosen rates on seeds 3-9: all done, none missing.
+    assert report.hygiene.done == report.hygiene.expected == 4 * 3 * 3 + 4 * 7
+    (setting,) = report.settings
+    assert setting.selection_seeds == [0, 1, 2] and all(len(s) == 10 for s in setting.seeds.values())
     for name in OUTPUTS:
         assert (tmp_path / name).read_bytes() == (SHIPPED / name).read_bytes(), f"{name}: run `make paper`"

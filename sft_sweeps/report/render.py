@@ -327,8 +327,11 @@ def _comparisons_md(setting: SettingReport) -> str:
 
 def _hygiene_md(report: SweepReport) -> str:
     h = report.hygiene
+    grid = "each setting's strategies × its seeds"
+    if any(s.candidates for s in report.settings):
+        grid += "; a candidate not chosen on the seeds the candidates not chosen ran"
     out = [
-        f"- Runs: {h.expected} expected by the grid (each setting's strategies × its seeds), "
+        f"- Runs: {h.expected} expected by the grid ({grid}), "
         f"{h.done} done, {len(h.not_done)} not done, {len(h.missing)} missing."
     ]
     for setting in report.settings:
