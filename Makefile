@@ -2,7 +2,7 @@
 # make sweep:   the default sweep, masking=full,last,all,weighted on the embedded default (2 CPU cores: ~3 min,
 #               jobs in parallel; benchmarks/bench_default_sweep.py).
 # make test:    the default test suite (what CI runs); test-slow adds the slow tests.
-# make paper:   regenerates the README's default table (reports/lr_tuning/: 120 runs, learning rate selected on
+# make paper:   regenerates the README's default table (reports/lr_tuning/: 64 runs, learning rate selected on
 #               validation, compared on test over 10 seeds) from the shipped runs.csv, in seconds.
 # make test-slurm: starts a one-node Slurm on this machine (root) and runs the tests that submit to it.
 PYTHON ?= python3

@@ -415,6 +415,13 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         parses = ("strict", "fastchat")
         _check(self.parse in parses, "eval.judge.parse", f"must be one of {parses}", self.parse)
+        _check(
+            not (self.held_out_references and self.questions is not None),
+            "eval.judge.held_out_references",
+            "grades the held-out conversations against their own answers; with eval.judge.questions set "
+            "(questions carry their own `reference`) it must be false",
+            self.held_out_references,
+        )
         for key in ("max_new_tokens", "judge_max_tokens", "concurrency"):
             _check(getattr(self, key) > 0, f"eval.judge.{key}", "must be positive", getattr(self, key))
         _check(self.concurrency <= 256, "eval.judge.concurrency", "must be <= 256", self.concurrency)

@@ -446,6 +446,11 @@ def test_held_out_references_name_a_turn_with_no_answer():
     assert questions_from_conversations([record])[0].reference is None  # without references: replayed as is
 
 
+def test_held_out_references_with_a_questions_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="eval.judge.held_out_references grades the held-out conversations"):
+        judge_settings(tmp_path, questions=str(QUESTIONS), held_out_references=True)
+
+
 def test_the_report_never_puts_runs_judged_differently_in_one_setting():
     """Same config, but the prompt file was edited in place between the runs: two settings, not one."""
 

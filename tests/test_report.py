@@ -573,7 +573,7 @@ def test_a_two_stage_selection_keeps_its_choice_and_invents_no_missing_runs(base
     loaded = [RunRecord.from_dict(r, f"run{i}") for i, r in enumerate(records)]
     report = analyze(loaded, Selection(("train.learning_rate",)))
     (setting,) = report.settings
-    assert setting.selection_seeds == [0, 1, 2]
+    assert setting.selection_seeds == {"all": [0, 1, 2], "full": [0, 1, 2]}
     assert setting.chosen("all") == ("train.learning_rate=0.001",)
     assert setting.chosen("full") == ("train.learning_rate=0.003",)
     assert setting.seeds == {"all": [0, 1, 2, 3, 4, 5], "full": [0, 1, 2, 3, 4, 5]}
@@ -585,6 +585,30 @@ def test_a_two_stage_selection_keeps_its_choice_and_invents_no_missing_runs(base
     missing = analyze(dropped, Selection(("train.learning_rate",))).hygiene.missing
     assert [(m.strategy, m.seed) for m in missing] == [("all", 1)]
     assert "train.learning_rate=0.003" in missing[0].overrides
+
+    # A strategy with no run at all at one rate: each of its selection seeds there is missing.
+    no_rate = [r for r in loaded if not (r.label == "full" and _lr(r) == 1e-3)]
+    missing = analyze(no_rate, Selection(("train.learning_rate",))).hygiene.missing
+    assert [(m.strategy, m.seed) for m in missing] == [("full", 0), ("full", 1), ("full", 2)]
+
+
+def test_a_failed_run_leaves_its_seed_out_of_its_strategys_selection(base_config: dict) -> None:
+    """Every candidate of a strategy is scored on the seeds all of them scored (done, metric recorded)."""
+    records = _lr_records(base_config)
+    for record in records:
+        if record["config"]["masking"]["name"] == "all" and record["seed"] == 0 and _lr_of(record) == 3e-3:
+            record["status"], record["error"] = "failed", "RuntimeError: out of memory"
+    loaded = [RunRecord.from_dict(r, f"run{i}") for i, r in enumerate(records)]
+    report = analyze(loaded, Selection(("train.learning_rate",)))
+    (setting,) = report.settings
+    assert setting.selection_seeds == {"all": [1, 2], "full": [0, 1, 2]}
+    assert [c.score.n for c in setting.candidates["all"]] == [2, 2]
+    assert "the seeds all of a strategy's candidates ran" in selection_caption(setting)
+    assert [(r.strategy, r.seed) for r in report.hygiene.not_done] == [("all", 0)]
+
+
+def _lr_of(record: dict) -> float:
+    return record["config"]["train"]["learning_rate"]
 
 
 def _lr(record: RunRecord) -> float:

@@ -226,7 +226,8 @@ class SettingReport:
     # With a Selection: the selection metric and, per strategy, its candidates (the chosen one marked).
     selection_metric: str | None = None
     candidates: dict[str, list[Candidate]] = field(default_factory=dict)
-    selection_seeds: list[int] = field(default_factory=list)  # the seeds every candidate is scored on
+    # Per strategy, the seeds its candidates are scored on (empty: none in common, each on its own).
+    selection_seeds: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -474,7 +475,7 @@ def _analyze_setting(
     name: str,
     cells: dict[str, dict[int, Run]],
     overrides: tuple[str, ...] | None = None,
-    selection: tuple[str | None, dict[str, list[Candidate]], list[int]] = (None, {}, []),
+    selection: tuple[str | None, dict[str, list[Candidate]], dict[str, list[int]]] = (None, {}, {}),
 ) -> SettingReport:
     any_run = next(iter(next(iter(cells.values())).values()))
     strategies = sorted(cells, key=lambda s: next(iter(cells[s].values())).strategy_key)
@@ -730,17 +731,22 @@ def _select_cells(
     for name, strategies in grouped.items():
         metric = metric_of[name]
         sign = 1.0 if lower_is_better(metric) else -1.0
-        seed_sets = [set(by_seed) for options in strategies.values() for by_seed in options.values()]
-        selection_seeds = sorted(set.intersection(*seed_sets)) or sorted(set.union(*seed_sets))
-        chosen_cells, candidates, chosen_values = {}, {}, {}
+        chosen_cells, candidates, chosen_values, selection_seeds = {}, {}, {}, {}
         for strategy, options in strategies.items():
+            scored_seeds = {
+                values: {
+                    seed: v
+                    for seed, r in by_seed.items()
+                    if r.status == "done" and (v := r.metric(metric)) is not None
+                }
+                for values, by_seed in options.items()
+            }
+            # The seeds all the strategy's candidates scored; none in common: each on its own seeds.
+            seed_sets = [set(by_seed) for by_seed in scored_seeds.values() if by_seed]
+            common = set.intersection(*seed_sets) if seed_sets else set()
             rows = []
             for values in sorted(options, key=_candidate_order):
-                scores = [
-                    v
-                    for seed, r in options[values].items()
-                    if seed in selection_seeds and r.status == "done" and (v := r.metric(metric)) is not None
-                ]
+                scores = [v for seed, v in scored_seeds[values].items() if not common or seed in common]
                 rows.append(Candidate(values, mean_ci(scores) if scores else None))
             scored = [c for c in rows if c.score is not None]
             if not scored:
@@ -754,6 +760,7 @@ def _select_cells(
             chosen_cells[strategy] = options[best.values]
             candidates[strategy] = rows
             chosen_values[strategy] = best.values
+            selection_seeds[strategy] = sorted(common)
         out[name] = SelectedSetting(
             base_overrides[name], metric, chosen_cells, candidates, chosen_values, selection_seeds
         )
@@ -769,7 +776,7 @@ class SelectedSetting:
     chosen: dict[str, dict[int, Run]]
     candidates: dict[str, list[Candidate]]
     chosen_values: dict[str, tuple[str, ...]]  # strategy -> the chosen `key=value`s
-    seeds: list[int]  # the seeds every candidate is scored on
+    seeds: dict[str, list[int]]  # strategy -> the seeds its candidates are scored on (empty: each its own)
 
 
 def _split_overrides(overrides: tuple[str, ...], keys: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -778,24 +785,31 @@ def _split_overrides(overrides: tuple[str, ...], keys: set[str]) -> tuple[tuple[
     return values, tuple(o for o in overrides if o not in values)
 
 
+def _same_base(runs: list[Run], run: Run, keys: set[str]) -> list[Run]:
+    """The runs of `run`'s setting and of the settings that differ from it only by the selection keys."""
+    base = _split_overrides(run.setting_overrides, keys)[1]
+    return [
+        r for r in runs if r.sweep == run.sweep and _split_overrides(r.setting_overrides, keys)[1] == base
+    ]
+
+
 def _expected_seeds(
     selected: dict[str, SelectedSetting], runs: list[Run], setting: str, strategy: str, keys: set[str]
 ) -> list[int]:
     """The seeds a (setting, strategy) cell is expected to have under a selection (see `analyze`)."""
     run = next(r for r in runs if r.setting == setting)
     values, base = _split_overrides(run.setting_overrides, keys)
-    name = _setting_name(run.sweep, base)
-    sel = selected[name]
-    in_base = [
-        r for r in runs if r.sweep == run.sweep and _split_overrides(r.setting_overrides, keys)[1] == base
-    ]
+    sel = selected[_setting_name(run.sweep, base)]
+    in_base = _same_base(runs, run, keys)
     if sel.chosen_values.get(strategy) == values:
         return sorted({r.seed for r in in_base})
-    not_chosen = (
+    # The first stage's seeds: those any strategy ran at a value it did not choose (a two-stage sweep runs
+    # only chosen values on more seeds). Uneven first stages show up as missing runs, never hidden.
+    not_chosen = [
         r
         for r in in_base
-        if sel.chosen_values.get(r.strategy) != _split_overrides(r.setting_overrides, keys)[0]
-    )
+        if _split_overrides(r.setting_overrides, keys)[0] != sel.chosen_values.get(r.strategy)
+    ]
     return sorted({r.seed for r in not_chosen})
 
 
@@ -835,8 +849,10 @@ def analyze(records: Iterable[RunRecord], selection: Selection | None = None) ->
     # more seeds), the chosen one on every seed of the setting.
     for setting, overrides in sorted({(r.setting, r.setting_overrides) for r in runs}):
         in_setting = [r for r in runs if r.setting == setting]
-        strategies = sorted({(r.strategy_key, r.strategy) for r in in_setting})
-        masking_of = {r.strategy: r.masking for r in in_setting}
+        # Under a selection every strategy of the base setting is expected at every candidate value.
+        peers = in_setting if selected is None else _same_base(runs, in_setting[0], set(selection.keys))
+        strategies = sorted({(r.strategy_key, r.strategy) for r in peers})
+        masking_of = {r.strategy: r.masking for r in peers}
         seeds = sorted({r.seed for r in in_setting})
         for _, strategy in strategies:
             expected_seeds = seeds

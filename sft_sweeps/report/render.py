@@ -222,10 +222,12 @@ def selection_caption(setting: SettingReport) -> str:
     keys = selection_keys(setting)
     if not keys:
         return ""
-    seeds = ", ".join(map(str, setting.selection_seeds))
+    seed_lists = {tuple(seeds) for seeds in setting.selection_seeds.values()}
+    (seeds,) = seed_lists if len(seed_lists) == 1 else ((),)
+    over = f"seeds {', '.join(map(str, seeds))}" if seeds else "the seeds all of a strategy's candidates ran"
     return (
         f"; {', '.join(f'`{k}`' for k in keys)} per strategy selected on validation (best mean "
-        f"`{setting.selection_metric}` over seeds {seeds}), compared on test"
+        f"`{setting.selection_metric}` over {over}), compared on test"
     )
 
 
