@@ -284,7 +284,7 @@ def questions_from_conversations(
             raise ValueError(f"judge: held-out record {record_id!r} has no user message to replay")
         system = messages[0]["content"] if messages[0].get("role") == "system" else None
         task = record.get("task")
-        references = _turn_answers(record_id, messages, len(users)) if with_references else None
+        references = _turn_answers(record_id, messages) if with_references else None
         questions.append(
             Question(
                 record_id, users, task if isinstance(task, str) else None, references, system, with_references
@@ -293,7 +293,7 @@ def questions_from_conversations(
     return questions
 
 
-def _turn_answers(record_id: str, messages: list[dict[str, Any]], num_users: int) -> list[str]:
+def _turn_answers(record_id: str, messages: list[dict[str, Any]]) -> list[str]:
     """Per user turn, the last assistant text before the next user turn (an agent's final answer)."""
     answers: list[str | None] = []
     for message in messages:
@@ -302,10 +302,10 @@ def _turn_answers(record_id: str, messages: list[dict[str, Any]], num_users: int
         elif message.get("role") == "assistant" and answers and message.get("content"):
             answers[-1] = message["content"]
     missing = [turn for turn, answer in enumerate(answers, start=1) if answer is None]
-    if missing or len(answers) != num_users:
+    if missing:
         raise ValueError(
-            f"judge: held-out record {record_id!r} turn {missing[0] if missing else num_users}: no assistant "
-            "answer to grade against (eval.judge.held_out_references=true needs one per user turn)"
+            f"judge: held-out record {record_id!r} turn {missing[0]}: no assistant answer to grade against "
+            "(eval.judge.held_out_references=true needs one per user turn)"
         )
     return [a for a in answers if a is not None]
 

@@ -475,7 +475,7 @@ def _analyze_setting(
     name: str,
     cells: dict[str, dict[int, Run]],
     overrides: tuple[str, ...] | None = None,
-    selection: tuple[str | None, dict[str, list[Candidate]], dict[str, list[int]]] = (None, {}, {}),
+    selection: SelectedSetting | None = None,
 ) -> SettingReport:
     any_run = next(iter(next(iter(cells.values())).values()))
     strategies = sorted(cells, key=lambda s: next(iter(cells[s].values())).strategy_key)
@@ -597,9 +597,9 @@ def _analyze_setting(
         picks=picks,
         by_depth=by_depth,
         fingerprints=dict(sorted(fingerprints.items())),
-        selection_metric=selection[0],
-        candidates=selection[1],
-        selection_seeds=selection[2],
+        selection_metric=selection.metric if selection else None,
+        candidates=selection.candidates if selection else {},
+        selection_seeds=selection.seeds if selection else {},
     )
 
 
@@ -706,9 +706,9 @@ def _select_cells(
 ) -> dict[str, SelectedSetting]:
     """Merge the settings that differ only by the selection keys; keep, per strategy, the best candidate.
 
-    Every candidate is scored on the same seeds: those every candidate of the setting ran (all of them in a
-    full grid; in a two-stage sweep, the selection seeds, the chosen candidates having more). A choice
-    therefore stays the same when the chosen candidates get more seeds.
+    A strategy's candidates are all scored on the same seeds: those each of them scored (done, the metric
+    recorded; all seeds in a full grid; in a two-stage sweep the first stage's, the chosen candidates having
+    more). A choice therefore stays the same when the chosen candidates get more seeds.
 
     Raises:
         SelectionError: no done run of a strategy records the selection metric.
@@ -794,13 +794,10 @@ def _same_base(runs: list[Run], run: Run, keys: set[str]) -> list[Run]:
 
 
 def _expected_seeds(
-    selected: dict[str, SelectedSetting], runs: list[Run], setting: str, strategy: str, keys: set[str]
+    sel: SelectedSetting, in_base: list[Run], values: tuple[str, ...], strategy: str, keys: set[str]
 ) -> list[int]:
-    """The seeds a (setting, strategy) cell is expected to have under a selection (see `analyze`)."""
-    run = next(r for r in runs if r.setting == setting)
-    values, base = _split_overrides(run.setting_overrides, keys)
-    sel = selected[_setting_name(run.sweep, base)]
-    in_base = _same_base(runs, run, keys)
+    """The seeds the cell of `strategy` at candidate `values` is expected to have under a selection, from
+    the runs of its base setting (see `analyze`)."""
     if sel.chosen_values.get(strategy) == values:
         return sorted({r.seed for r in in_base})
     # The first stage's seeds: those any strategy ran at a value it did not choose (a two-stage sweep runs
@@ -849,15 +846,19 @@ def analyze(records: Iterable[RunRecord], selection: Selection | None = None) ->
     # more seeds), the chosen one on every seed of the setting.
     for setting, overrides in sorted({(r.setting, r.setting_overrides) for r in runs}):
         in_setting = [r for r in runs if r.setting == setting]
-        # Under a selection every strategy of the base setting is expected at every candidate value.
-        peers = in_setting if selected is None else _same_base(runs, in_setting[0], set(selection.keys))
+        peers, seeds = in_setting, sorted({r.seed for r in in_setting})
+        if selected is not None:
+            # Under a selection every strategy of the base setting is expected at every candidate value.
+            keys = set(selection.keys)
+            values, base = _split_overrides(overrides, keys)
+            peers = _same_base(runs, in_setting[0], keys)
+            sel = selected[_setting_name(in_setting[0].sweep, base)]
         strategies = sorted({(r.strategy_key, r.strategy) for r in peers})
         masking_of = {r.strategy: r.masking for r in peers}
-        seeds = sorted({r.seed for r in in_setting})
         for _, strategy in strategies:
             expected_seeds = seeds
             if selected is not None:
-                expected_seeds = _expected_seeds(selected, runs, setting, strategy, set(selection.keys))
+                expected_seeds = _expected_seeds(sel, peers, values, strategy, keys)
             expected += len(expected_seeds)
             for seed in expected_seeds:
                 if seed not in cells.get((setting, strategy), {}):
@@ -889,8 +890,7 @@ def analyze(records: Iterable[RunRecord], selection: Selection | None = None) ->
     )
     if selected is not None:
         settings = [
-            _analyze_setting(name, sel.chosen, sel.overrides, (sel.metric, sel.candidates, sel.seeds))
-            for name, sel in sorted(selected.items())
+            _analyze_setting(name, sel.chosen, sel.overrides, sel) for name, sel in sorted(selected.items())
         ]
         return SweepReport(runs=runs, settings=settings, hygiene=hygiene)
     by_setting: dict[str, dict[str, dict[int, Run]]] = defaultdict(dict)
