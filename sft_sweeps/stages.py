@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from sft_sweeps.checkpoints import Continuation
@@ -151,8 +154,22 @@ def train(
     (`sft_sweeps.checkpoints`; only with `train.save_steps`)."""
     trainer = make_trainer(prepared, model, output_dir, callbacks)
     continuation = Continuation.prepare(trainer, prepared.settings, prepared.splits.fingerprint)
-    output = trainer.train(resume_from_checkpoint=continuation.checkpoint)
+    try:
+        output = trainer.train(resume_from_checkpoint=continuation.checkpoint)
+    except SafetensorError as e:  # a checkpoint that cannot be written (a full disk)
+        raise _as_os_error(e, f"cannot save a checkpoint under {output_dir}") from e
     return Trained(trainer.model, trainer, output, continuation)
+
+
+def _as_os_error(error: SafetensorError, what: str) -> OSError | SafetensorError:
+    """safetensors reports a failed write as `SafetensorError: ... I/O error: No space left on device (os
+    error 28)`, not as an OSError: made one with its errno, so that a full disk is named as such (the
+    sweep's `bytes free` hint) and handled like any failed write. Any other SafetensorError as it is."""
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    if found is None:
+        return error
+    code = int(found.group(1))
+    return OSError(code, f"{what}: {os.strerror(code)}")
 
 
 def save_model(trained: Trained, tokenizer: PreTrainedTokenizerBase, run_dir: str | Path) -> str:
@@ -166,8 +183,11 @@ def save_model(trained: Trained, tokenizer: PreTrainedTokenizerBase, run_dir: st
     try:
         trained.trainer.save_model(model_path)
         tokenizer.save_pretrained(model_path)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         shutil.rmtree(model_path, ignore_errors=True)
+        if isinstance(e, SafetensorError):
+            converted = _as_os_error(e, f"cannot save the model to {model_path}")
+            raise converted from e
         raise OSError(e.errno, f"cannot save the model to {model_path}: {e.strerror or e}") from e
     return model_path
 

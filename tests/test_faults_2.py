@@ -9,6 +9,7 @@ files, looping and dangling symbolic links, FIFOs and directories on disk.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import json
 import logging
@@ -395,8 +396,10 @@ def _small_disk(tmp_path: Path, free_kib: int) -> Iterator[Path]:
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """72 KiB left: room for a job's configs and records, not for its model."""
-    yield from _small_disk(tmp_path, 72)
+    """96 KiB left: room for two jobs' configs, logs and records (72 KiB in 4 KiB tmpfs pages here, where
+    one more page of log or record on another machine must still fit), not for a model (~84 KiB: its
+    75 KiB safetensors and config files)."""
+    yield from _small_disk(tmp_path, 96)
 
 
 @pytest.fixture
@@ -410,6 +413,20 @@ def test_a_sweep_dir_on_a_full_disk_is_one_line_before_any_job(no_space: Path) -
     assert_clean_error(
         out, "error: hydra.sweep.dir: cannot write to", "No space left on device", "0 bytes free"
     )
+
+
+def test_a_safetensors_write_on_a_full_disk_is_an_os_error_naming_the_disk_full(no_space: Path) -> None:
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    from sft_sweeps.stages import _as_os_error
+
+    with pytest.raises(SafetensorError) as raised:  # what a checkpoint or model save raises there
+        save_file({"w": torch.zeros(4096)}, str(no_space / "model.safetensors"))
+    error = _as_os_error(raised.value, f"cannot save the model to {no_space}")
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC
+    assert str(error) == f"[Errno 28] cannot save the model to {no_space}: No space left on device"
 
 
 @pytest.mark.slow
