@@ -157,17 +157,25 @@ def train(
     try:
         output = trainer.train(resume_from_checkpoint=continuation.checkpoint)
     except SafetensorError as e:  # a checkpoint that cannot be written (a full disk)
-        raise _as_os_error(e, f"cannot save a checkpoint under {output_dir}") from e
+        failed = _as_os_error(e, f"cannot save a checkpoint under {output_dir}")
+        if failed is None:
+            raise
+        raise failed from e
     return Trained(trainer.model, trainer, output, continuation)
 
 
-def _as_os_error(error: SafetensorError, what: str) -> OSError | SafetensorError:
-    """safetensors reports a failed write as `SafetensorError: ... I/O error: No space left on device (os
-    error 28)`, not as an OSError: made one with its errno, so that a full disk is named as such (the
-    sweep's `bytes free` hint) and handled like any failed write. Any other SafetensorError as it is."""
+def _as_os_error(error: OSError | SafetensorError, what: str) -> OSError | None:
+    """A failed write as an OSError that says `what` failed, with the errno; None: `error` is no failed write.
+
+    safetensors reports one as `SafetensorError: ... I/O error: No space left on device (os error 28)`, not
+    as an OSError: made one with its errno, so that a full disk is named as such (the sweep's `bytes free`
+    hint) and handled like any failed write.
+    """
+    if isinstance(error, OSError):
+        return OSError(error.errno, f"{what}: {error.strerror or error}")
     found = re.search(r"\(os error (\d+)\)", str(error))
     if found is None:
-        return error
+        return None
     code = int(found.group(1))
     return OSError(code, f"{what}: {os.strerror(code)}")
 
@@ -185,10 +193,10 @@ def save_model(trained: Trained, tokenizer: PreTrainedTokenizerBase, run_dir: st
         tokenizer.save_pretrained(model_path)
     except (OSError, SafetensorError) as e:
         shutil.rmtree(model_path, ignore_errors=True)
-        if isinstance(e, SafetensorError):
-            converted = _as_os_error(e, f"cannot save the model to {model_path}")
-            raise converted from e
-        raise OSError(e.errno, f"cannot save the model to {model_path}: {e.strerror or e}") from e
+        failed = _as_os_error(e, f"cannot save the model to {model_path}")
+        if failed is None:
+            raise
+        raise failed from e
     return model_path
 
 

@@ -785,12 +785,10 @@ def _split_overrides(overrides: tuple[str, ...], keys: set[str]) -> tuple[tuple[
     return values, tuple(o for o in overrides if o not in values)
 
 
-def _same_base(runs: list[Run], run: Run, keys: set[str]) -> list[Run]:
-    """The runs of `run`'s setting and of the settings that differ from it only by the selection keys."""
-    base = _split_overrides(run.setting_overrides, keys)[1]
-    return [
-        r for r in runs if r.sweep == run.sweep and _split_overrides(r.setting_overrides, keys)[1] == base
-    ]
+def _same_base(runs: list[Run], sweep: str, base: tuple[str, ...], keys: set[str]) -> list[Run]:
+    """The runs of `sweep` whose overrides, the selection keys left out, are `base`: a setting and those
+    that differ from it only by the selection keys."""
+    return [r for r in runs if r.sweep == sweep and _split_overrides(r.setting_overrides, keys)[1] == base]
 
 
 def _expected_seeds(
@@ -851,7 +849,7 @@ def analyze(records: Iterable[RunRecord], selection: Selection | None = None) ->
             # Under a selection every strategy of the base setting is expected at every candidate value.
             keys = set(selection.keys)
             values, base = _split_overrides(overrides, keys)
-            peers = _same_base(runs, in_setting[0], keys)
+            peers = _same_base(runs, in_setting[0].sweep, base, keys)
             sel = selected[_setting_name(in_setting[0].sweep, base)]
         strategies = sorted({(r.strategy_key, r.strategy) for r in peers})
         masking_of = {r.strategy: r.masking for r in peers}
